@@ -1,0 +1,3 @@
+from flowtrain.train import main
+
+main()

@@ -1,0 +1,80 @@
+"""The one place that turns a model's log-density into the numbers a run reports.
+
+Every batch goes data -> dequantize -> standardize -> model. Each step before the model is a
+change of variables whose log|det| is added back, so the negative log-likelihood is always
+in the units of the data as given (nats per example); bits/dim divides it by D ln 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from flowtrain.data.base import FlowData
+from flowtrain.flows.base import Bijection, FlowModel
+
+
+class Standardize(Bijection):
+    """y = (x - mean) / std per dimension, with statistics fixed from the training split."""
+
+    def __init__(self, mean: Tensor, std: Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    @classmethod
+    def fit(cls, train: Tensor) -> Standardize:
+        flat = train.double().flatten(1)
+        std = flat.std(dim=0).clamp_min(1e-6) if len(flat) > 1 else torch.ones(flat.shape[1])
+        return cls(flat.mean(dim=0).view(train.shape[1:]).float(),
+                   std.view(train.shape[1:]).float())
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        log_det = -torch.log(self.std).sum().to(x.dtype)
+        return (x - self.mean) / self.std, log_det.expand(x.shape[0])
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return z * self.std + self.mean
+
+
+class Identity(Bijection):
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return z
+
+
+class Preprocessing(nn.Module):
+    """Data space -> model space: the dequantizer, then an optional fixed standardization."""
+
+    def __init__(self, dequantizer: nn.Module, standardize: Bijection):
+        super().__init__()
+        self.dequantizer = dequantizer
+        self.standardize = standardize
+
+    @classmethod
+    def for_data(cls, dequantizer: nn.Module, data: FlowData) -> Preprocessing:
+        return cls(dequantizer, Standardize.fit(data.train) if data.standardize else Identity())
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y, dequant_log_det = self.dequantizer(x)
+        y, standardize_log_det = self.standardize(y)
+        return y, dequant_log_det + standardize_log_det
+
+    def restore(self, y: Tensor) -> Tensor:
+        """Model samples back into data space."""
+        return self.dequantizer.restore(self.standardize.inverse(y))
+
+
+def negative_log_likelihood(model: FlowModel, preprocessing: Preprocessing, x: Tensor) -> Tensor:
+    """-log p(x) in nats per example, in data units: -(log p_model(y) + log|dy/dx|)."""
+    y, log_det = preprocessing(x)
+    return -(model.log_prob(y) + log_det)
+
+
+def bits_per_dim(nll: Tensor | float, n_dims: int) -> Tensor | float:
+    """Nats per example -> bits per dimension."""
+    return nll / (n_dims * math.log(2.0))

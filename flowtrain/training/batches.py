@@ -1,0 +1,48 @@
+"""An endless stream of shuffled training batches whose position can be checkpointed."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class BatchStream:
+    """Batches from a fresh permutation each epoch, drawn from its own generator.
+
+    The state is the generator's state at the start of the current epoch plus the position
+    in it, so a resumed run replays exactly the order an uninterrupted run would see.
+    Incomplete last batches are dropped so every step sees ``batch_size`` examples.
+    """
+
+    def __init__(self, data: Tensor, batch_size: int, seed: int):
+        if batch_size > len(data):
+            raise ValueError(f"train.batch_size={batch_size} is larger than the training set "
+                             f"({len(data)} examples); lower train.batch_size.")
+        self.data = data
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        self._epoch_start_state = self.generator.get_state()
+        self._order = torch.randperm(len(self.data), generator=self.generator)
+        self._position = 0
+
+    def next(self) -> Tensor:
+        if self._position + self.batch_size > len(self.data):
+            self.epoch += 1
+            self._start_epoch()
+        index = self._order[self._position:self._position + self.batch_size]
+        self._position += self.batch_size
+        return self.data[index]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self._position,
+                "epoch_start_state": self._epoch_start_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.generator.set_state(state["epoch_start_state"])
+        self._start_epoch()
+        self._position = state["position"]

@@ -1,0 +1,94 @@
+"""Checkpoints written atomically and read back safely.
+
+A checkpoint is a dict of tensors and plain containers, so it loads with
+``torch.load(weights_only=True)``: a file that would need to run pickled code is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "flowtrain-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message says which file and why."""
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A crash at any moment leaves either the old checkpoint or the new one, never half a file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; refuse anything else with a reason."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}. Pass resume=PATH to a checkpoint "
+                              "file, or resume=true inside a run folder that has "
+                              "checkpoints/last.pt.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refusing {path}: it holds pickled Python objects that loading would execute "
+            f"(weights_only=True refused it: {str(error).splitlines()[0]})") from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is corrupt or truncated and was not loaded "
+                              f"({str(error).splitlines()[0]}).") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a flowtrain checkpoint.")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}; "
+                              f"this flowtrain reads version {VERSION}.")
+    return state
+
+
+def check_state_dict_matches(module: nn.Module, saved: dict[str, torch.Tensor],
+                             what: str, path: Path) -> None:
+    """Name the first differences between a saved state dict and ``module``, if any."""
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in saved.items()}
+    problems = [f"missing {key}" for key in expected.keys() - found.keys()]
+    problems += [f"unexpected {key}" for key in found.keys() - expected.keys()]
+    problems += [f"{key}: saved {found[key]}, this run {expected[key]}"
+                 for key in expected.keys() & found.keys() if expected[key] != found[key]]
+    if problems:
+        listed = "; ".join(sorted(problems)[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(f"{path} holds a different {what} than this run builds: "
+                              f"{listed}{more}. Resume with the config it was trained with.")
+
+
+def all_finite(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+def best_value(state: dict[str, Any]) -> float:
+    return float(state.get("best_test_bpd", math.inf))

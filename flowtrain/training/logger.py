@@ -1,0 +1,41 @@
+"""TensorBoard scalars and figures, and the run's metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
+
+
+class RunLogger:
+    """Everything a run writes for people to read, under one run folder."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        self.run_dir = run_dir
+        # purge_step drops events a killed run wrote after its last checkpoint, so a
+        # resumed run's curves don't double back on themselves.
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def figures(self, figures: dict[str, Figure], step: int) -> None:
+        for tag, figure in figures.items():
+            self.writer.add_figure(tag, figure, step, close=True)
+            plt.close(figure)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def write_metrics(self, metrics: dict[str, Any]) -> Path:
+        path = self.run_dir / "metrics.json"
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        return path
