@@ -12,14 +12,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from flowtrain.data.base import FlowData
+from flowtrain.errors import CheckpointError
 from flowtrain.flows.base import FlowModel
 from flowtrain.likelihood import Preprocessing
 from flowtrain.training.batches import BatchStream
-from flowtrain.training.checkpoint import (
-    CheckpointError,
-    check_state_dict_matches,
-    load_checkpoint,
-)
+from flowtrain.training.checkpoint import check_state_dict_matches, load_checkpoint
 from flowtrain.training.loop import Trainer, TrainingState
 from flowtrain.training.optim import build_optimizer, build_scheduler
 from flowtrain.training.runtime import seed_everything, select_device
@@ -49,7 +46,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
         optimizer=optimizer,
         scheduler=build_scheduler(cfg.optim, optimizer, cfg.train.steps),
         batches=BatchStream(data.train, cfg.train.batch_size, seed=cfg.seed),
-        extra={"config": OmegaConf.to_container(cfg, resolve=True)},
+        extra={"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)},
     )
     checkpoint = resume_path(cfg.resume, run_dir)
     if checkpoint is not None:

@@ -10,8 +10,10 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from flowtrain.config import config_dir, register_configs
+from flowtrain.errors import user_error_in
 
 log = logging.getLogger("flowtrain")
 
@@ -21,17 +23,29 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train one run; returns its final test bits/dim (what a sweeper would minimise)."""
-    from flowtrain.build import build_trainer  # heavy imports after Hydra parses argv
+    try:
+        return train(cfg)
+    except MissingMandatoryValue as error:
+        key = getattr(error, "full_key", None) or "a key"
+        log.error("%s has no value; set it on the command line (%s=...).", key, key)
+    except Exception as error:
+        user_error = user_error_in(error)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
+    sys.exit(2)
+
+
+def train(cfg: DictConfig) -> float:
+    from flowtrain.build import build_trainer  # heavy imports after Hydra has parsed argv
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     trainer = build_trainer(cfg, run_dir)
     log.info("run folder: %s", run_dir)
     metrics = trainer.run()
-    path = trainer.run_dir / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("done: %s", json.dumps(metrics))
     return metrics["test_bpd"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

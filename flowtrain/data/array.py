@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowtrain.data.base import DataError, FlowData
+from flowtrain.data.base import FlowData
+from flowtrain.errors import DataError
 
 _EXPECTED = "arrays `train` and `test` of shape [N] or [N, D], finite numbers"
 
@@ -38,7 +39,7 @@ class ArrayPoints(FlowData):
             if values.size and not np.isfinite(values).all():
                 raise DataError(f"{file}: `{split}` holds NaN or infinite values. "
                                 f"Expected {_EXPECTED}.")
-            values = values.reshape(len(values), -1) if values.ndim == 2 else values[:, None]
+            values = values if values.ndim == 2 else values[:, None]
             splits[split] = torch.from_numpy(values.astype(np.float32))
         super().__init__(splits["train"], splits["test"], name=file.name,
                          standardize=standardize)

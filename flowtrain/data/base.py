@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
-
-class DataError(ValueError):
-    """A data set that cannot be trained on; the message names the file and the fix."""
+from flowtrain.errors import DataError
 
 
 class FlowData:

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from flowtrain.config import Family
-from flowtrain.data.base import DataError, FlowData
+from flowtrain.data.base import FlowData
+from flowtrain.errors import DataError
 from flowtrain.flows.mixture import ScalarMixture
 
 

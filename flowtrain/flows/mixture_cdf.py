@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from flowtrain.config import Family
+from flowtrain.errors import ConfigError
 from flowtrain.flows.base import Bijection, FlowModel, UniformBase
 from flowtrain.flows.mixture import ScalarMixture
 
@@ -22,7 +23,7 @@ class MixtureCDFTransform(Bijection):
     def __init__(self, n_dims: int, n_components: int, family: Family | str):
         super().__init__()
         if n_components < 1:
-            raise ValueError(f"model.n_components must be at least 1; got {n_components}")
+            raise ConfigError(f"model.n_components must be at least 1; got {n_components}")
         self.family = Family(family)
         # Locations spread over the range of standardized data, unit scales, equal weights.
         spread = torch.linspace(-2.0, 2.0, n_components) if n_components > 1 else torch.zeros(1)

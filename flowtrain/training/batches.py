@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from flowtrain.errors import ConfigError
+
 
 class BatchStream:
     """Batches from a fresh permutation each epoch, drawn from its own generator.
@@ -16,7 +18,7 @@ class BatchStream:
 
     def __init__(self, data: Tensor, batch_size: int, seed: int):
         if batch_size > len(data):
-            raise ValueError(f"train.batch_size={batch_size} is larger than the training set "
+            raise ConfigError(f"train.batch_size={batch_size} is larger than the training set "
                              f"({len(data)} examples); lower train.batch_size.")
         self.data = data
         self.batch_size = batch_size

@@ -6,7 +6,6 @@ A checkpoint is a dict of tensors and plain containers, so it loads with
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import tempfile
@@ -16,12 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowtrain.errors import CheckpointError
+
 FORMAT = "flowtrain-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message says which file and why."""
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -88,7 +85,3 @@ def check_state_dict_matches(module: nn.Module, saved: dict[str, torch.Tensor],
 
 def all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
-
-
-def best_value(state: dict[str, Any]) -> float:
-    return float(state.get("best_test_bpd", math.inf))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
@@ -16,8 +14,8 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, purge_step: int | None = None):
         self.run_dir = run_dir
-        # purge_step drops events a killed run wrote after its last checkpoint, so a
-        # resumed run's curves don't double back on themselves.
+        # purge_step drops events a killed run wrote after its last checkpoint (at steps
+        # past the one it resumes from), so a resumed run's curves don't double back.
         self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -34,8 +32,3 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
-
-    def write_metrics(self, metrics: dict[str, Any]) -> Path:
-        path = self.run_dir / "metrics.json"
-        path.write_text(json.dumps(metrics, indent=2) + "\n")
-        return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -133,7 +134,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg, state, n_dims = self.cfg, self.state, self.data.n_dims
-        logger = RunLogger(self.run_dir, purge_step=state.step or None)
+        logger = RunLogger(self.run_dir, purge_step=state.step + 1 if state.step else None)
         first_step = state.step
         window_nll = torch.zeros((), device=self.device)
         window_steps, window_start = 0, time.perf_counter()
@@ -179,8 +180,9 @@ class Trainer:
         finally:
             progress.close()
             logger.close()
-        train_seconds = time.perf_counter() - started
-        return self.final_metrics(train_bpd, first_step, train_seconds)
+        metrics = self.final_metrics(train_bpd, first_step, time.perf_counter() - started)
+        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
 
     def evaluate_and_keep_best(self, logger: RunLogger) -> None:
         test_nll = self.evaluate(self.data.test)

@@ -8,12 +8,13 @@ import numpy as np
 import torch
 
 from flowtrain.config import Device
+from flowtrain.errors import ConfigError
 
 
 def select_device(requested: Device | str) -> torch.device:
     requested = Device(requested)
     if requested is Device.cuda and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for, but PyTorch sees no CUDA GPU. "
+        raise ConfigError("device=cuda was asked for, but PyTorch sees no CUDA GPU. "
                            "Use device=auto (CUDA when present, else CPU) or device=cpu.")
     if requested is Device.cpu or not torch.cuda.is_available():
         return torch.device("cpu")

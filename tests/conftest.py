@@ -1,0 +1,50 @@
+"""Shared helpers: run the real CLI in a temporary folder and read what it leaves."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Small enough to finish in seconds, large enough to exercise every periodic action.
+TINY_RUN = ["train.steps=40", "train.batch_size=64", "train.eval_every=20",
+            "train.sample_every=20", "train.checkpoint_every=20", "train.log_every=10",
+            "train.n_samples=256", "data.n_train=2000", "data.n_test=500"]
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True, module: str = "flowtrain",
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m flowtrain ARGS`` as a user would, capturing its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+        timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"flowtrain {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the run's TensorBoard event files, as {tag: [(step, value)]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture
+def tiny_run():
+    return list(TINY_RUN)

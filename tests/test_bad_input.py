@@ -1,0 +1,84 @@
+"""Bad input fails before training with a message that names the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+
+def _fails(*args, cwd):
+    result = run_cli(*args, cwd=cwd, check=False)
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout + result.stderr
+
+
+def test_unknown_model_lists_the_choices(tmp_path):
+    out = _fails("model=nosuchflow", cwd=tmp_path)
+    assert "Could not find 'model/nosuchflow'" in out
+    assert "mixture_cdf" in out
+
+
+def test_unknown_key_fails_with_hydras_message(tmp_path):
+    out = _fails("model.n_componets=3", cwd=tmp_path)
+    assert "Key 'n_componets' not in 'MixtureCDFConfig'" in out
+    assert not (tmp_path / "outputs").exists()  # nothing started
+
+
+def test_wrong_type_fails_with_hydras_message(tmp_path):
+    out = _fails("train.steps=many", cwd=tmp_path)
+    assert "could not be converted to Integer" in out
+
+
+def test_unknown_family_lists_the_choices(tmp_path):
+    out = _fails("model.family=cauchy", cwd=tmp_path)
+    assert "expected one of [gaussian, logistic]" in out
+
+
+def test_missing_array_file_names_file_and_shapes(tmp_path):
+    out = _fails("data=array", f"data.path={tmp_path / 'absent.npz'}",
+                 f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "absent.npz: no such file" in out and "[N] or [N, D]" in out
+
+
+def test_array_path_not_given_names_the_key(tmp_path):
+    out = _fails("data=array", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "data.path=" in out
+
+
+@pytest.mark.parametrize("arrays, complaint", [
+    ({"train": np.zeros((10, 2, 2)), "test": np.zeros((5, 2, 2))}, "has shape (10, 2, 2)"),
+    ({"train": np.zeros((10, 2))}, "no `test` array"),
+    ({"train": np.array([1.0, np.nan]), "test": np.zeros(3)}, "NaN or infinite"),
+    ({"train": np.zeros((10, 2)), "test": np.zeros((5, 3))}, "differ in shape"),
+    ({"train": np.zeros((0, 2)), "test": np.zeros((5, 2))}, "train split is empty"),
+])
+def test_ill_shaped_array_file_is_explained(tmp_path, arrays, complaint):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    out = _fails("data=array", f"data.path={tmp_path / 'bad.npz'}",
+                 f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert complaint in out, out
+
+
+def test_cuda_without_a_gpu_names_the_fix(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = _fails("device=cuda", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "device=cpu" in out
+
+
+def test_resume_without_a_checkpoint_names_the_fix(tmp_path):
+    out = _fails("resume=true", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "no checkpoint at" in out and "resume=PATH" in out
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    from conftest import TINY_RUN
+
+    run_cli(*TINY_RUN, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = _fails(*TINY_RUN, "model.n_components=3", f"hydra.run.dir={tmp_path / 'run'}",
+                 "resume=true", cwd=tmp_path)
+    assert "different model" in out and "saved (1, 8), this run (1, 3)" in out

@@ -1,0 +1,132 @@
+"""The real ``flowtrain`` command end to end, in a temporary folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_metrics, read_scalars, run_cli
+
+EXPECTED_SCALARS = {"train/nll", "train/bpd", "test/nll", "test/bpd", "lr", "grad_norm",
+                    "throughput"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tiny default run shared by the tests that only read what it left."""
+    from conftest import TINY_RUN
+
+    folder = tmp_path_factory.mktemp("cli")
+    run_dir = folder / "run"
+    result = run_cli(*TINY_RUN, f"hydra.run.dir={run_dir}", cwd=folder)
+    return run_dir, result
+
+
+def test_run_writes_metrics(finished_run):
+    run_dir, _ = finished_run
+    metrics = read_metrics(run_dir)
+    for key in ("steps", "train_bpd", "test_bpd", "test_nll", "wall_s",
+                "train_samples_per_s", "params", "test_nll_true"):
+        assert key in metrics, key
+    assert metrics["steps"] == 40
+    assert metrics["params"] == 3 * 8
+    assert np.isfinite(metrics["test_nll"]) and metrics["test_nll"] > metrics["test_nll_true"] - 0.1
+
+
+def test_run_writes_tensorboard_scalars_and_figures(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = finished_run
+    scalars = read_scalars(run_dir)
+    assert EXPECTED_SCALARS <= scalars.keys()
+    assert [step for step, _ in scalars["test/bpd"]] == [20, 40]
+    assert [step for step, _ in scalars["train/nll"]] == [10, 20, 30, 40]
+    accumulator = EventAccumulator(str(run_dir / "tb"))
+    accumulator.Reload()
+    assert {"density", "latent"} <= set(accumulator.Tags()["images"])
+
+
+def test_run_writes_safe_checkpoints(finished_run):
+    run_dir, _ = finished_run
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert {"model", "optimizer", "scheduler", "step", "rng", "config"} <= state.keys()
+        assert isinstance(state["config"], dict)
+        assert state["config"]["model"]["n_components"] == 8
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 40
+
+
+def test_run_logs_into_hydra_job_log(finished_run):
+    run_dir, _ = finished_run
+    log = (run_dir / "flowtrain.log").read_text()
+    assert "test nll" in log and "done:" in log
+
+
+def test_resume_continues_from_the_saved_step(finished_run, tmp_path):
+    import shutil
+
+    run_dir, _ = finished_run
+    resumed_dir = tmp_path / "run"
+    shutil.copytree(run_dir, resumed_dir)
+    from conftest import TINY_RUN
+
+    overrides = [arg for arg in TINY_RUN if not arg.startswith("train.steps")]
+    result = run_cli(*overrides, "train.steps=60", f"hydra.run.dir={resumed_dir}",
+                     "resume=true", cwd=tmp_path)
+    assert "resumed from" in result.stderr + result.stdout
+    assert "at step 40" in result.stderr + result.stdout
+    assert read_metrics(resumed_dir)["steps"] == 60
+    steps = [step for step, _ in read_scalars(resumed_dir)["train/nll"]]
+    assert steps == [10, 20, 30, 40, 50, 60]
+
+
+def test_resume_from_a_given_checkpoint(finished_run, tmp_path, tiny_run):
+    run_dir, _ = finished_run
+    overrides = [arg for arg in tiny_run if not arg.startswith("train.steps")]
+    run_cli(*overrides, "train.steps=50", f"hydra.run.dir={tmp_path / 'new'}",
+            f"resume={run_dir / 'checkpoints' / 'last.pt'}", cwd=tmp_path)
+    assert read_metrics(tmp_path / "new")["steps"] == 50
+
+
+def test_runs_are_deterministic_on_cpu(finished_run, tmp_path, tiny_run):
+    run_dir, _ = finished_run
+    run_cli(*tiny_run, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
+    assert read_metrics(tmp_path / "again")["test_nll"] == read_metrics(run_dir)["test_nll"]
+
+
+def test_array_data_trains(tmp_path, tiny_run):
+    generator = np.random.default_rng(0)
+    np.savez(tmp_path / "points.npz", train=generator.normal(size=(500, 2)),
+             test=generator.normal(size=200))
+    np.savez(tmp_path / "points.npz", train=generator.normal(size=(500, 2)),
+             test=generator.normal(size=(200, 2)))
+    overrides = [arg for arg in tiny_run if not arg.startswith("data.")]
+    run_cli(*overrides, "data=array", f"data.path={tmp_path / 'points.npz'}",
+            "model.family=logistic", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["steps"] == 40 and "test_nll_true" not in metrics
+
+
+def test_sweep_runs_every_combination(tmp_path, tiny_run):
+    run_cli("-m", *tiny_run, "optim.lr=1e-2,1e-3", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            cwd=tmp_path)
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 2
+
+
+def test_help_lists_groups_and_options(tmp_path):
+    out = run_cli("--help", cwd=tmp_path).stdout
+    assert "model: mixture_cdf" in out
+    assert "optim: adam, adamw, sgd" in out
+    assert "data: array, gmm1d" in out
+    assert "schema" not in out
+
+
+def test_cfg_job_prints_the_resolved_config(tmp_path):
+    out = run_cli("--cfg", "job", "model.n_components=3", cwd=tmp_path).stdout
+    assert "n_components: 3" in out and "_target_: flowtrain.flows.mixture_cdf" in out
+
+
+def test_module_entry_point_is_the_same_command(tmp_path):
+    out = run_cli("--cfg", "job", cwd=tmp_path, module="flowtrain.train").stdout
+    assert "mixture_cdf" in out

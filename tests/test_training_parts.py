@@ -1,0 +1,104 @@
+"""The pieces of the loop a resume depends on: batches, schedule, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flowtrain.config import Schedule
+from flowtrain.errors import CheckpointError, ConfigError
+from flowtrain.training.batches import BatchStream
+from flowtrain.training.checkpoint import (
+    check_state_dict_matches,
+    load_checkpoint,
+    save_checkpoint,
+)
+from flowtrain.training.optim import lr_factor
+from flowtrain.training.runtime import rng_state, set_rng_state
+
+
+def test_batch_stream_resumes_in_the_same_order():
+    data = torch.arange(10).unsqueeze(1)
+    stream = BatchStream(data, batch_size=4, seed=0)
+    for _ in range(3):
+        stream.next()
+    saved = stream.state_dict()
+    expected = [stream.next() for _ in range(5)]
+    resumed = BatchStream(data, batch_size=4, seed=123)
+    resumed.load_state_dict(saved)
+    replayed = [resumed.next() for _ in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(expected, replayed, strict=True))
+
+
+def test_batch_stream_sees_every_example_once_per_epoch():
+    stream = BatchStream(torch.arange(12).unsqueeze(1), batch_size=4, seed=0)
+    epoch = torch.cat([stream.next() for _ in range(3)]).flatten()
+    assert sorted(epoch.tolist()) == list(range(12))
+
+
+def test_batch_larger_than_data_is_refused():
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        BatchStream(torch.zeros(5, 1), batch_size=6, seed=0)
+
+
+def test_warmup_then_cosine_schedule():
+    factor = lambda step: lr_factor(step, Schedule.cosine, 10, 110, 0.1)  # noqa: E731
+    assert factor(0) == pytest.approx(0.1)
+    assert factor(9) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert factor(110) == pytest.approx(0.1)
+    assert lr_factor(50, Schedule.constant, 10, 110, 0.1) == 1.0
+
+
+def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
+    state = rng_state()
+    save_checkpoint({"rng": state}, tmp_path / "rng.pt")
+    expected = torch.rand(3)
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_checkpoint_write_leaves_no_temporary_files(tmp_path):
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
+    save_checkpoint({"step": 2, "weights": torch.ones(3)}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+    assert load_checkpoint(path)["step"] == 2
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"weights": torch.ones(1000)}, path)
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "flowtrain-checkpoint", "version": 1, "x": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="pickled"):
+        load_checkpoint(path)
+
+
+def test_other_model_is_named_in_the_error(tmp_path):
+    small, large = torch.nn.Linear(2, 3), torch.nn.Linear(2, 4)
+    with pytest.raises(CheckpointError, match=r"weight: saved \(3, 2\), this run \(4, 2\)"):
+        check_state_dict_matches(large, small.state_dict(), "model", tmp_path / "x.pt")
+
+
+def test_missing_checkpoint_names_the_fix(tmp_path):
+    with pytest.raises(CheckpointError, match="resume=PATH"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_lr_factor_never_negative():
+    assert all(lr_factor(s, Schedule.cosine, 0, 100, 0.0) >= 0 for s in range(200))
+    assert not math.isnan(lr_factor(0, Schedule.cosine, 0, 0, 0.0))
