@@ -138,7 +138,10 @@ class Trainer:
         first_step = state.step
         window_nll = torch.zeros((), device=self.device)
         window_steps, window_start = 0, time.perf_counter()
-        train_bpd = math.nan
+        train_bpd = None  # stays None when a resumed run has no steps left
+        if state.step >= cfg.steps:
+            log.warning("the run is already at step %d of train.steps=%d; nothing to train. "
+                        "Raise train.steps to continue it.", state.step, cfg.steps)
         started = time.perf_counter()
         progress = tqdm(total=cfg.steps, initial=first_step, desc="train", unit="step",
                         disable=None, dynamic_ncols=True)
@@ -194,7 +197,7 @@ class Trainer:
             self.state.best_test_bpd = test_bpd
             self.save("best.pt")
 
-    def final_metrics(self, train_bpd: float, first_step: int, train_seconds: float
+    def final_metrics(self, train_bpd: float | None, first_step: int, train_seconds: float
                       ) -> dict[str, Any]:
         test_nll = self.evaluate(self.data.test)
         steps_run = self.state.step - first_step
