@@ -46,6 +46,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
         optimizer=optimizer,
         scheduler=build_scheduler(cfg.optim, optimizer, cfg.train.steps),
         batches=BatchStream(data.train, cfg.train.batch_size, seed=cfg.seed),
+        device=device,
         extra={"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)},
     )
     checkpoint = resume_path(cfg.resume, run_dir)
@@ -55,9 +56,38 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     return Trainer(state, data, cfg.train, run_dir, device, seed=cfg.seed)
 
 
+# A checkpoint continues only the run it came from: these groups must match exactly.
+_FIXED_ON_RESUME = ("model", "data", "dequant")
+
+
+def _differences(saved: object, current: object, prefix: str) -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [difference for key in sorted(saved.keys() | current.keys())
+                for difference in _differences(saved.get(key), current.get(key),
+                                               f"{prefix}.{key}")]
+    return [] if saved == current else [f"{prefix}: saved {saved!r}, now {current!r}"]
+
+
+def check_same_setup(saved: dict, current: dict, path: Path) -> None:
+    """Refuse to resume into a different model, data set or dequantizer; warn when the
+    optimizer settings changed, since its saved state (learning rate included) wins."""
+    differences = [difference for group in _FIXED_ON_RESUME
+                   for difference in _differences(saved.get(group), current.get(group), group)]
+    if differences:
+        raise CheckpointError(f"{path} was trained with another setup: "
+                              f"{'; '.join(differences[:5])}. Resume with the same "
+                              f"model, data and dequant settings, or start a new run.")
+    optim_changes = _differences(saved.get("optim"), current.get("optim"), "optim")
+    if optim_changes:
+        log.warning("optimizer settings differ from the checkpoint (%s); the saved optimizer "
+                    "state, learning rate included, is what continues.",
+                    "; ".join(optim_changes))
+
+
 def restore(state: TrainingState, path: Path) -> None:
     """Load a checkpoint into ``state`` only once every part is known to fit."""
     saved = load_checkpoint(path)
+    check_same_setup(saved.get("config", {}), state.extra["config"], path)
     check_state_dict_matches(state.model, saved["model"], "model", path)
     check_state_dict_matches(state.preprocessing, saved["preprocessing"], "preprocessing", path)
     try:

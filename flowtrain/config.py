@@ -15,6 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from flowtrain.flows.mixture import Family
+
 
 def config_dir() -> Path:
     """The YAML configs: inside the installed package, or at the top of a checkout."""
@@ -28,11 +30,6 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class Family(str, Enum):
-    gaussian = "gaussian"
-    logistic = "logistic"
 
 
 class Schedule(str, Enum):

@@ -28,3 +28,7 @@ def user_error_in(error: BaseException) -> FlowtrainError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+class NonFiniteError(FlowtrainError, FloatingPointError):
+    """Training produced NaN or infinity; the last good checkpoint is kept."""

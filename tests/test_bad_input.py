@@ -81,4 +81,9 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     run_cli(*TINY_RUN, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     out = _fails(*TINY_RUN, "model.n_components=3", f"hydra.run.dir={tmp_path / 'run'}",
                  "resume=true", cwd=tmp_path)
-    assert "different model" in out and "saved (1, 8), this run (1, 3)" in out
+    assert "another setup" in out and "model.n_components: saved 8, now 3" in out
+
+
+def test_zero_interval_is_refused_before_training(tmp_path):
+    out = _fails("train.log_every=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "train.log_every must be at least 1" in out

@@ -18,7 +18,7 @@ def finished_run(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("cli")
     run_dir = folder / "run"
-    result = run_cli(*TINY_RUN, f"hydra.run.dir={run_dir}", cwd=folder)
+    result = run_cli(*TINY_RUN, "device=cpu", f"hydra.run.dir={run_dir}", cwd=folder)
     return run_dir, result
 
 
@@ -90,14 +90,12 @@ def test_resume_from_a_given_checkpoint(finished_run, tmp_path, tiny_run):
 
 def test_runs_are_deterministic_on_cpu(finished_run, tmp_path, tiny_run):
     run_dir, _ = finished_run
-    run_cli(*tiny_run, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
+    run_cli(*tiny_run, "device=cpu", f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
     assert read_metrics(tmp_path / "again")["test_nll"] == read_metrics(run_dir)["test_nll"]
 
 
 def test_array_data_trains(tmp_path, tiny_run):
     generator = np.random.default_rng(0)
-    np.savez(tmp_path / "points.npz", train=generator.normal(size=(500, 2)),
-             test=generator.normal(size=200))
     np.savez(tmp_path / "points.npz", train=generator.normal(size=(500, 2)),
              test=generator.normal(size=(200, 2)))
     overrides = [arg for arg in tiny_run if not arg.startswith("data.")]
@@ -130,3 +128,29 @@ def test_cfg_job_prints_the_resolved_config(tmp_path):
 def test_module_entry_point_is_the_same_command(tmp_path):
     out = run_cli("--cfg", "job", cwd=tmp_path, module="flowtrain.train").stdout
     assert "mixture_cdf" in out
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, tiny_run):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    replaced = ("train.steps", "train.checkpoint_every", "train.eval_every")
+    overrides = [arg for arg in tiny_run if arg.split("=")[0] not in replaced]
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowtrain", *overrides, "train.steps=10000000",
+         "train.checkpoint_every=100", "train.eval_every=100000", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "SIGTERM at step" in output and "resume=true" in output
+    metrics = read_metrics(run_dir)
+    assert metrics["stopped_by"] == "SIGTERM"
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["step"] == metrics["steps"] > 0

@@ -108,3 +108,11 @@ def test_samplers_match_the_model_cdf():
     for samples in (flow.sample(3000, generator=torch.Generator().manual_seed(5)),
                     flow.sample_ancestral(3000, generator=torch.Generator().manual_seed(6))):
         assert kstest(samples.squeeze(1).numpy(), model_cdf).pvalue > 0.01
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_log_prob_is_finite_far_in_the_tails_in_float32(seed):
+    """z = F(x) must not round past 1 (softmax weights can sum to 1 + 1 ulp)."""
+    flow = _perturbed(MixtureCDFFlow((1,), n_components=8), seed=seed)
+    far = torch.tensor([[-30.0], [30.0], [1e4]])
+    assert torch.isfinite(flow.log_prob(far)).all()

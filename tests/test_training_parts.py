@@ -53,10 +53,10 @@ def test_warmup_then_cosine_schedule():
 
 
 def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
-    state = rng_state()
+    state = rng_state(torch.device("cpu"))
     save_checkpoint({"rng": state}, tmp_path / "rng.pt")
     expected = torch.rand(3)
-    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"], torch.device("cpu"))
     assert torch.equal(torch.rand(3), expected)
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowtrain.config import Family
 from flowtrain.data.base import FlowData
 from flowtrain.errors import DataError
-from flowtrain.flows.mixture import ScalarMixture
+from flowtrain.flows.mixture import Family, ScalarMixture
 
 
 class GaussianMixture1D(FlowData):

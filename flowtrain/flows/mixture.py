@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flowtrain.config import Family
+from flowtrain.errors import NonFiniteError
+
+
+class Family(str, Enum):
+    """The component distribution of a mixture."""
+
+    gaussian = "gaussian"
+    logistic = "logistic"
+
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # The bisection bracket: this many component scales beyond the outermost locations, where
 # the mixture CDF is within 1e-13 of 0 or 1 for both families (logistic: sigmoid(-30)).
 _TAIL_SCALES = 30.0
+# Components narrower than exp(-9) ~ 1e-4 of the data's scale are not allowed: without a
+# floor, a component that collapses onto a repeated value drives the NLL to -inf, then NaN.
+MIN_LOG_SCALE = -9.0
 
 
 def _component_log_pdf(u: Tensor, family: Family) -> Tensor:
@@ -42,7 +54,13 @@ def _component_sample(shape: torch.Size, family: Family, like: Tensor,
     if family is Family.gaussian:
         return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
     uniform = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
-    return torch.logit(uniform, eps=1e-6)
+    return torch.logit(uniform.clamp_min(torch.finfo(like.dtype).tiny))
+
+
+def _weighted_cdf(weights: Tensor, u: Tensor, family: Family) -> Tensor:
+    # Softmax weights can sum to 1 + 1 ulp: clamp so z never leaves [0, 1], where the
+    # uniform base would give -inf to a point whose density is finite.
+    return (weights * _component_cdf(u, family)).sum(dim=-1).clamp(0.0, 1.0)
 
 
 @dataclass
@@ -56,6 +74,7 @@ class ScalarMixture:
 
     def __post_init__(self) -> None:
         self.family = Family(self.family)
+        self.log_scale = self.log_scale.clamp_min(MIN_LOG_SCALE)
 
     def _standardize(self, x: Tensor) -> Tensor:
         return (x.unsqueeze(-1) - self.loc) * torch.exp(-self.log_scale)
@@ -69,13 +88,13 @@ class ScalarMixture:
 
     def cdf(self, x: Tensor) -> Tensor:
         weights = torch.softmax(self.logits, dim=-1)
-        return (weights * _component_cdf(self._standardize(x), self.family)).sum(dim=-1)
+        return _weighted_cdf(weights, self._standardize(x), self.family)
 
     def cdf_and_log_pdf(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """F(x) and log f(x) from one standardization."""
         u = self._standardize(x)
         log_weights = torch.log_softmax(self.logits, dim=-1)
-        cdf = (log_weights.exp() * _component_cdf(u, self.family)).sum(dim=-1)
+        cdf = _weighted_cdf(log_weights.exp(), u, self.family)
         per_component = _component_log_pdf(u, self.family) - self.log_scale
         return cdf, torch.logsumexp(log_weights + per_component, dim=-1)
 
@@ -86,10 +105,14 @@ class ScalarMixture:
         All elements are bisected together for a fixed number of halvings, computed once
         from the widest bracket, so there is no per-iteration host sync.
         """
+        tiny = torch.finfo(z.dtype).eps
+        z = z.clamp(tiny, 1.0 - tiny)  # F(x) = 0 or 1 exactly has no finite solution
         scale = self.log_scale.exp()
         lower = (self.loc - _TAIL_SCALES * scale).amin(dim=-1).expand_as(z).clone()
         upper = (self.loc + _TAIL_SCALES * scale).amax(dim=-1).expand_as(z).clone()
         width = (upper - lower).max().item()
+        if not math.isfinite(width):
+            raise NonFiniteError("mixture parameters are not finite; cannot invert the CDF")
         n_iter = min(max_iter, max(1, math.ceil(math.log2(max(width, tol) / tol))))
         for _ in range(n_iter):
             middle = 0.5 * (lower + upper)

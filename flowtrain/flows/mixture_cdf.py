@@ -11,10 +11,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from flowtrain.config import Family
 from flowtrain.errors import ConfigError
 from flowtrain.flows.base import Bijection, FlowModel, UniformBase
-from flowtrain.flows.mixture import ScalarMixture
+from flowtrain.flows.mixture import Family, ScalarMixture
 
 
 class MixtureCDFTransform(Bijection):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display on training machines; must precede pyplot
@@ -59,9 +61,10 @@ def latent_histogram(model: FlowModel, preprocessing: Preprocessing, data: FlowD
 
 
 def figures_for(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
-                samples: torch.Tensor) -> dict[str, Figure]:
-    """The figures that suit this data's shape, by TensorBoard tag."""
+                draw_samples: Callable[[], torch.Tensor]) -> dict[str, Figure]:
+    """The figures that suit this data's shape, by TensorBoard tag (samples drawn only
+    when a figure shows them)."""
     if data.event_shape == (1,):
-        return {"density": density_1d(model, preprocessing, data, samples),
+        return {"density": density_1d(model, preprocessing, data, draw_samples()),
                 "latent": latent_histogram(model, preprocessing, data)}
     return {}
