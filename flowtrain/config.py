@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from flowtrain.data.toy2d import Toy2DName
 from flowtrain.flows.mixture import Family
 
 
@@ -47,6 +48,16 @@ class MixtureCDFConfig:
     family: Family = Family.gaussian
 
 
+@dataclass
+class ARFlowConfig:
+    _target_: str = "flowtrain.flows.autoregressive.AutoregressiveFlow"
+    n_components: int = 16
+    family: Family = Family.gaussian
+    hidden_features: int = 128
+    hidden_layers: int = 2
+    order: Optional[list[int]] = None  # noqa: UP045 - OmegaConf needs Optional, not X | None
+
+
 # --- data --------------------------------------------------------------------------------
 
 
@@ -60,6 +71,18 @@ class GMM1DConfig:
     n_test: int = 5_000
     seed: int = 0
     standardize: bool = True
+
+
+@dataclass
+class Toy2DConfig:
+    _target_: str = "flowtrain.data.toy2d.Toy2D"
+    name: Toy2DName = Toy2DName.moons
+    n_train: int = 20_000
+    n_test: int = 5_000
+    noise: Optional[float] = None  # noqa: UP045 - null: the set's own default
+    seed: int = 0
+    standardize: bool = True
+    image_text: str = "FLOW"
 
 
 @dataclass
@@ -116,11 +139,11 @@ class SGDConfig(OptimConfig):
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 5000
     batch_size: int = 256
-    eval_every: int = 500
+    eval_every: int = 1000
     sample_every: int = 1000
-    checkpoint_every: int = 500
+    checkpoint_every: int = 1000
     log_every: int = 50
     grad_clip: float = 10.0  # max global gradient norm; 0 turns clipping off
     eval_batch_size: int = 1024
@@ -142,8 +165,8 @@ class Config:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"mixture_cdf": MixtureCDFConfig},
-    "data": {"gmm1d": GMM1DConfig, "array": ArrayConfig},
+    "model": {"mixture_cdf": MixtureCDFConfig, "arflow2d": ARFlowConfig},
+    "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig},
     "dequant": {"none": NoDequantConfig},
     "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
 }

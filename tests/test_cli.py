@@ -154,3 +154,19 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, tiny_run):
     assert metrics["stopped_by"] == "SIGTERM"
     saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert saved["step"] == metrics["steps"] > 0
+
+
+def test_every_toy_set_trains_end_to_end(tmp_path, tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    names = ["moons", "rings", "eight_gaussians", "checkerboard", "image"]
+    run_cli("-m", *tiny_run, "model=arflow2d", "model.hidden_features=16", "data=toy2d",
+            f"data.name={','.join(names)}", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    for job, name in enumerate(names):
+        run_dir = tmp_path / str(job)
+        metrics = read_metrics(run_dir)
+        assert metrics["steps"] == 40 and np.isfinite(metrics["test_nll"]), name
+        assert ("test_nll_true" in metrics) == (name != "moons"), name
+        accumulator = EventAccumulator(str(run_dir / "tb"))
+        accumulator.Reload()
+        assert "density" in accumulator.Tags()["images"], name

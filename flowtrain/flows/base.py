@@ -33,12 +33,15 @@ class UniformBase(nn.Module):
         return torch.where(inside, 0.0, -math.inf).to(z.dtype)
 
     def sample(
-        self, n: int, *, device: torch.device, temperature: float = 1.0,
+        self, n: int, *, like: Tensor, temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        # Temperature has no meaning for a uniform base; it is accepted so every model
-        # samples through the same call.
-        return torch.rand((n, *self.event_shape), device=device, generator=generator)
+        """n points on the device and in the dtype of ``like`` (the model's parameters).
+
+        Temperature has no meaning for a uniform base; it is accepted so every model
+        samples through the same call."""
+        return torch.rand((n, *self.event_shape), device=like.device, dtype=like.dtype,
+                          generator=generator)
 
 
 class FlowModel(nn.Module):
@@ -77,6 +80,6 @@ class FlowModel(nn.Module):
     def sample(
         self, n: int, *, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        device = next(self.parameters()).device
-        z = self.base.sample(n, device=device, temperature=temperature, generator=generator)
+        z = self.base.sample(n, like=next(self.parameters()), temperature=temperature,
+                             generator=generator)
         return self.inverse(z)

@@ -57,6 +57,14 @@ def _component_sample(shape: torch.Size, family: Family, like: Tensor,
     return torch.logit(uniform.clamp_min(torch.finfo(like.dtype).tiny))
 
 
+def initial_mixture_parameters(n_components: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits, locations and log-scales every mixture flow starts from: equal weights,
+    locations spread over the range of standardized data, scales of 0.5."""
+    spread = torch.linspace(-2.0, 2.0, n_components) if n_components > 1 else torch.zeros(1)
+    return (torch.zeros(n_components), spread,
+            torch.full((n_components,), math.log(0.5)))
+
+
 def _weighted_cdf(weights: Tensor, u: Tensor, family: Family) -> Tensor:
     # Softmax weights can sum to 1 + 1 ulp: clamp so z never leaves [0, 1], where the
     # uniform base would give -inf to a point whose density is finite.

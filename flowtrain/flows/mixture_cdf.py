@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from flowtrain.errors import ConfigError
 from flowtrain.flows.base import Bijection, FlowModel, UniformBase
-from flowtrain.flows.mixture import Family, ScalarMixture
+from flowtrain.flows.mixture import Family, ScalarMixture, initial_mixture_parameters
 
 
 class MixtureCDFTransform(Bijection):
@@ -24,11 +24,10 @@ class MixtureCDFTransform(Bijection):
         if n_components < 1:
             raise ConfigError(f"model.n_components must be at least 1; got {n_components}")
         self.family = Family(family)
-        # Locations spread over the range of standardized data, unit scales, equal weights.
-        spread = torch.linspace(-2.0, 2.0, n_components) if n_components > 1 else torch.zeros(1)
-        self.logits = nn.Parameter(torch.zeros(n_dims, n_components))
-        self.loc = nn.Parameter(spread.repeat(n_dims, 1))
-        self.log_scale = nn.Parameter(torch.full((n_dims, n_components), math.log(0.5)))
+        logits, loc, log_scale = initial_mixture_parameters(n_components)
+        self.logits = nn.Parameter(logits.repeat(n_dims, 1))
+        self.loc = nn.Parameter(loc.repeat(n_dims, 1))
+        self.log_scale = nn.Parameter(log_scale.repeat(n_dims, 1))
 
     def mixture(self) -> ScalarMixture:
         return ScalarMixture(self.logits, self.loc, self.log_scale, self.family)

@@ -60,6 +60,54 @@ def latent_histogram(model: FlowModel, preprocessing: Preprocessing, data: FlowD
     return figure
 
 
+def _plot_range(points: torch.Tensor, margin: float = 0.15) -> list[tuple[float, float]]:
+    """Per-dimension limits covering all but the most extreme 0.1% of points."""
+    limits = torch.quantile(points.double(), torch.tensor([0.001, 0.999], dtype=torch.float64),
+                            dim=0)
+    spans = limits[1] - limits[0]
+    return [(low - margin * span, high + margin * span)
+            for low, high, span in zip(limits[0].tolist(), limits[1].tolist(), spans.tolist(),
+                                       strict=True)]
+
+
+@torch.no_grad()
+def density_2d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
+               samples: torch.Tensor, grid_points: int = 200) -> Figure:
+    """Side by side: the data, log p on a grid, samples, and z = f(x) of test points."""
+    device = next(model.parameters()).device
+    test = data.test[:5000]
+    (x_low, x_high), (y_low, y_high) = _plot_range(data.test)
+    xs = torch.linspace(x_low, x_high, grid_points)
+    ys = torch.linspace(y_low, y_high, grid_points)
+    grid = torch.cartesian_prod(xs, ys)
+    log_density = torch.cat([
+        -negative_log_likelihood(model, preprocessing, chunk.to(device)).cpu()
+        for chunk in grid.split(8192)]).view(grid_points, grid_points).T
+    y, _ = preprocessing(test.to(device))
+    latent, _ = model(y)
+    figure, axes = plt.subplots(1, 4, figsize=(16, 4.2))
+    scatter = {"s": 1, "alpha": 0.4, "rasterized": True}
+    axes[0].scatter(test[:, 0], test[:, 1], **scatter)
+    axes[0].set_title("test data")
+    floor = log_density.max().item() - 10.0  # 10 nats of range keep the structure readable
+    image = axes[1].imshow(log_density.clamp_min(floor).numpy(), origin="lower",
+                           extent=(x_low, x_high, y_low, y_high), aspect="auto",
+                           cmap="viridis")
+    figure.colorbar(image, ax=axes[1], fraction=0.046)
+    axes[1].set_title("learned log p(x)")
+    samples = samples.cpu()
+    axes[2].scatter(samples[:, 0], samples[:, 1], color="tab:orange", **scatter)
+    axes[2].set_title("samples")
+    for axis in axes[:3]:
+        axis.set_xlim(x_low, x_high)
+        axis.set_ylim(y_low, y_high)
+    latent = latent.cpu()
+    axes[3].scatter(latent[:, 0], latent[:, 1], color="tab:green", **scatter)
+    axes[3].set_title("z = f(x) of test data")
+    figure.tight_layout()
+    return figure
+
+
 def figures_for(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
                 draw_samples: Callable[[], torch.Tensor]) -> dict[str, Figure]:
     """The figures that suit this data's shape, by TensorBoard tag (samples drawn only
@@ -67,4 +115,6 @@ def figures_for(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
     if data.event_shape == (1,):
         return {"density": density_1d(model, preprocessing, data, draw_samples()),
                 "latent": latent_histogram(model, preprocessing, data)}
+    if data.event_shape == (2,):
+        return {"density": density_2d(model, preprocessing, data, draw_samples())}
     return {}
