@@ -38,7 +38,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     device = select_device(cfg.device)
     data: FlowData = instantiate(cfg.data)
     model: FlowModel = instantiate(cfg.model, event_shape=data.event_shape).to(device)
-    preprocessing = Preprocessing.for_data(instantiate(cfg.dequant), data).to(device)
+    dequantizer = instantiate(cfg.dequant, levels=data.levels)
+    preprocessing = Preprocessing.for_data(dequantizer, data).to(device)
     optimizer = build_optimizer(cfg.optim, model.parameters())
     state = TrainingState(
         model=model,

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from flowtrain.data.images import TorchvisionName
 from flowtrain.data.toy2d import Toy2DName
 from flowtrain.flows.mixture import Family
 
@@ -58,6 +59,16 @@ class ARFlowConfig:
     order: Optional[list[int]] = None  # noqa: UP045 - OmegaConf needs Optional, not X | None
 
 
+@dataclass
+class RealNVPConfig:
+    _target_: str = "flowtrain.flows.realnvp.RealNVP"
+    n_filters: int = 32
+    n_blocks: int = 2
+    checkerboard_in: int = 4
+    channelwise: int = 3
+    checkerboard_out: int = 3
+
+
 # --- data --------------------------------------------------------------------------------
 
 
@@ -87,9 +98,25 @@ class Toy2DConfig:
 
 @dataclass
 class ArrayConfig:
-    _target_: str = "flowtrain.data.array.ArrayPoints"
+    _target_: str = "flowtrain.data.array.ArrayData"
     path: str = MISSING
-    standardize: bool = True
+    standardize: bool = True  # points only; images are scaled by the dequantizer
+    levels: Optional[int] = None  # noqa: UP045 - images: 256 when null
+
+
+@dataclass
+class TorchvisionConfig:
+    _target_: str = "flowtrain.data.images.TorchvisionImages"
+    name: TorchvisionName = MISSING
+    root: str = "data"
+    download: bool = False
+
+
+@dataclass
+class DigitsConfig:
+    _target_: str = "flowtrain.data.images.Digits"
+    n_test: int = 297
+    seed: int = 0
 
 
 # --- dequantization ----------------------------------------------------------------------
@@ -98,6 +125,18 @@ class ArrayConfig:
 @dataclass
 class NoDequantConfig:
     _target_: str = "flowtrain.dequant.NoDequantization"
+
+
+@dataclass
+class UniformDequantConfig:
+    _target_: str = "flowtrain.dequant.UniformDequantization"
+    logit_alpha: float = 0.05  # 0 turns the logit preprocessing off
+
+
+@dataclass
+class AutoDequantConfig:
+    _target_: str = "flowtrain.dequant.auto_dequantization"
+    logit_alpha: float = 0.05
 
 
 # --- optimizer ---------------------------------------------------------------------------
@@ -147,7 +186,8 @@ class TrainConfig:
     log_every: int = 50
     grad_clip: float = 10.0  # max global gradient norm; 0 turns clipping off
     eval_batch_size: int = 1024
-    n_samples: int = 4096  # drawn for each sample figure
+    n_samples: int = 4096  # drawn for each point figure; image grids show 64
+    sample_temperature: float = 1.0  # base samples scaled by this (Gaussian bases)
 
 
 @dataclass
@@ -165,9 +205,12 @@ class Config:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"mixture_cdf": MixtureCDFConfig, "arflow2d": ARFlowConfig},
-    "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig},
-    "dequant": {"none": NoDequantConfig},
+    "model": {"mixture_cdf": MixtureCDFConfig, "arflow2d": ARFlowConfig,
+              "realnvp": RealNVPConfig},
+    "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig,
+             "torchvision": TorchvisionConfig, "digits": DigitsConfig},
+    "dequant": {"none": NoDequantConfig, "uniform": UniformDequantConfig,
+                "auto": AutoDequantConfig},
     "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
 }
 

@@ -44,6 +44,9 @@ def train(cfg: DictConfig) -> float:
     log.info("run folder: %s", run_dir)
     metrics = trainer.run()
     log.info("done: %s", json.dumps(metrics))
+    log.info("test: %.4f bits/dim (%.4f nats per example; best %.4f bits/dim) after %d steps; "
+             "metrics.json, checkpoints/ and tb/ are in %s", metrics["test_bpd"],
+             metrics["test_nll"], metrics["best_test_bpd"], metrics["steps"], run_dir)
     return metrics["test_bpd"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,9 +37,12 @@ def main(extra: list[str]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in NAMES:
             run_dir = Path(folder) / name
-            subprocess.run([sys.executable, "-m", "flowtrain", "model=arflow2d", "data=toy2d",
-                            f"data.name={name}", "device=cpu", f"hydra.run.dir={run_dir}",
-                            *extra], check=True, capture_output=True)
+            result = subprocess.run(
+                [sys.executable, "-m", "flowtrain", "model=arflow2d", "data=toy2d",
+                 f"data.name={name}", "device=cpu", f"hydra.run.dir={run_dir}", *extra],
+                capture_output=True, text=True)
+            if result.returncode != 0:
+                sys.exit(f"data.name={name} failed:\n{result.stdout}\n{result.stderr}")
             metrics = json.loads((run_dir / "metrics.json").read_text())
             rows.append((name, metrics))
             images.append(last_image(run_dir, "density"))
@@ -49,7 +53,8 @@ def main(extra: list[str]) -> None:
         axis.set_title(name, fontsize=16, loc="left")
     figure.tight_layout()
     figure.savefig(REPO / "docs" / "toy2d.png", dpi=40)
-    print(f"Device: CPU, {torch.get_num_threads()} torch threads. Overrides: {extra or 'none'}.")
+    print(f"Device: CPU ({os.cpu_count()} cores), torch {torch.__version__}. "
+          f"Overrides: {extra or 'none'}.")
     print("| data.name | steps | test NLL (nats) | true test NLL | gap | wall (s) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, metrics in rows:

@@ -13,9 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # Small enough to finish in seconds, large enough to exercise every periodic action.
-TINY_RUN = ["train.steps=40", "train.batch_size=64", "train.eval_every=20",
-            "train.sample_every=20", "train.checkpoint_every=20", "train.log_every=10",
-            "train.n_samples=256", "data.n_train=2000", "data.n_test=500"]
+TINY_RUN = ["model=mixture_cdf", "data=gmm1d", "train.steps=40", "train.batch_size=64",
+            "train.eval_every=20", "train.sample_every=20", "train.checkpoint_every=20",
+            "train.log_every=10", "train.n_samples=256", "data.n_train=2000",
+            "data.n_test=500"]
 
 
 def run_cli(*args: str, cwd: Path, check: bool = True, module: str = "flowtrain",

@@ -21,7 +21,7 @@ def test_unknown_model_lists_the_choices(tmp_path):
 
 
 def test_unknown_key_fails_with_hydras_message(tmp_path):
-    out = _fails("model.n_componets=3", cwd=tmp_path)
+    out = _fails("model=mixture_cdf", "model.n_componets=3", cwd=tmp_path)
     assert "Key 'n_componets' not in 'MixtureCDFConfig'" in out
     assert not (tmp_path / "outputs").exists()  # nothing started
 
@@ -32,23 +32,27 @@ def test_wrong_type_fails_with_hydras_message(tmp_path):
 
 
 def test_unknown_family_lists_the_choices(tmp_path):
-    out = _fails("model.family=cauchy", cwd=tmp_path)
+    out = _fails("model=mixture_cdf", "model.family=cauchy", cwd=tmp_path)
     assert "expected one of [gaussian, logistic]" in out
 
 
 def test_missing_array_file_names_file_and_shapes(tmp_path):
-    out = _fails("data=array", f"data.path={tmp_path / 'absent.npz'}",
+    out = _fails("model=mixture_cdf", "data=array", f"data.path={tmp_path / 'absent.npz'}",
                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert "absent.npz: no such file" in out and "[N] or [N, D]" in out
 
 
 def test_array_path_not_given_names_the_key(tmp_path):
-    out = _fails("data=array", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = _fails("model=mixture_cdf", "data=array", f"hydra.run.dir={tmp_path / 'run'}",
+                 cwd=tmp_path)
     assert "data.path=" in out
 
 
 @pytest.mark.parametrize("arrays, complaint", [
-    ({"train": np.zeros((10, 2, 2)), "test": np.zeros((5, 2, 2))}, "has shape (10, 2, 2)"),
+    ({"train": np.zeros((10, 2, 2, 2, 2)), "test": np.zeros((5, 2))}, "has shape (10, 2, 2, 2, 2)"),
+    ({"train": np.zeros((10, 4, 4)), "test": np.zeros((5, 4, 4))}, "must be integers"),
+    ({"train": np.full((10, 4, 4), 300), "test": np.zeros((5, 4, 4), int)}, "outside 0 .. 255"),
+    ({"train": np.zeros((10, 4, 4), int), "test": np.zeros((5, 2), int)}, "differ in shape"),
     ({"train": np.zeros((10, 2))}, "no `test` array"),
     ({"train": np.array([1.0, np.nan]), "test": np.zeros(3)}, "NaN or infinite"),
     ({"train": np.zeros((10, 2)), "test": np.zeros((5, 3))}, "differ in shape"),
@@ -56,7 +60,7 @@ def test_array_path_not_given_names_the_key(tmp_path):
 ])
 def test_ill_shaped_array_file_is_explained(tmp_path, arrays, complaint):
     np.savez(tmp_path / "bad.npz", **arrays)
-    out = _fails("data=array", f"data.path={tmp_path / 'bad.npz'}",
+    out = _fails("model=mixture_cdf", "data=array", f"data.path={tmp_path / 'bad.npz'}",
                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert complaint in out, out
 
@@ -85,5 +89,6 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 
 def test_zero_interval_is_refused_before_training(tmp_path):
-    out = _fails("train.log_every=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = _fails("model=mixture_cdf", "data=gmm1d", "train.log_every=0",
+                 f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert "train.log_every must be at least 1" in out

@@ -114,20 +114,23 @@ def test_sweep_runs_every_combination(tmp_path, tiny_run):
 
 def test_help_lists_groups_and_options(tmp_path):
     out = run_cli("--help", cwd=tmp_path).stdout
-    assert "model: mixture_cdf" in out
-    assert "optim: adam, adamw, sgd" in out
-    assert "data: array, gmm1d" in out
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines() if ": " in line}
+    for group, options in {"model": ["mixture_cdf", "arflow2d"],
+                           "data": ["gmm1d", "toy2d", "array"],
+                           "optim": ["adam", "adamw", "sgd"], "dequant": ["none"]}.items():
+        assert all(option in lines[group] for option in options), lines.get(group)
     assert "schema" not in out
 
 
 def test_cfg_job_prints_the_resolved_config(tmp_path):
-    out = run_cli("--cfg", "job", "model.n_components=3", cwd=tmp_path).stdout
+    out = run_cli("--cfg", "job", "model=mixture_cdf", "model.n_components=3",
+                  cwd=tmp_path).stdout
     assert "n_components: 3" in out and "_target_: flowtrain.flows.mixture_cdf" in out
 
 
 def test_module_entry_point_is_the_same_command(tmp_path):
     out = run_cli("--cfg", "job", cwd=tmp_path, module="flowtrain.train").stdout
-    assert "mixture_cdf" in out
+    assert "flowtrain.flows.realnvp.RealNVP" in out and "flowtrain.data.images.Digits" in out
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, tiny_run):

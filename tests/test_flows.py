@@ -10,6 +10,7 @@ from flowtrain.flows.autoregressive import AutoregressiveFlow
 from flowtrain.flows.base import FlowModel
 from flowtrain.flows.made import MADE
 from flowtrain.flows.mixture_cdf import MixtureCDFFlow
+from flowtrain.flows.realnvp import RealNVP
 
 
 def _perturbed(model: FlowModel, seed: int = 0) -> FlowModel:
@@ -32,18 +33,25 @@ FLOWS = {
     "arflow-4d-permuted": lambda: AutoregressiveFlow(
         (4,), n_components=3, hidden_features=12, hidden_layers=3, order=[2, 0, 3, 1]),
     "arflow-1d-no-hidden": lambda: AutoregressiveFlow((1,), n_components=3, hidden_layers=0),
+    "realnvp-1x4x4": lambda: RealNVP((1, 4, 4), n_filters=4, n_blocks=1),
+    "realnvp-3x4x4": lambda: RealNVP((3, 4, 4), n_filters=4, n_blocks=1, checkerboard_in=2,
+                                     channelwise=2, checkerboard_out=1),
+    "realnvp-2x2x6": lambda: RealNVP((2, 2, 6), n_filters=3, n_blocks=0),
 }
 
 SAMPLERS_TO_COMPARE = {
     "mixture_cdf-gaussian": lambda: MixtureCDFFlow((1,), n_components=4, family="gaussian"),
     "mixture_cdf-logistic": lambda: MixtureCDFFlow((1,), n_components=4, family="logistic"),
     "arflow2d": lambda: AutoregressiveFlow((2,), n_components=4, hidden_features=16),
+    "arflow-3d-permuted": lambda: AutoregressiveFlow((3,), n_components=3, hidden_features=8,
+                                                     order=[2, 0, 1]),
 }
 
 
 @pytest.fixture(params=sorted(FLOWS))
 def flow(request) -> FlowModel:
-    return _perturbed(FLOWS[request.param]()).double()
+    # eval(): ActNorm's data-dependent initialization is a training-time step, tested apart.
+    return _perturbed(FLOWS[request.param]()).double().eval()
 
 
 def _inputs(flow: FlowModel, n: int = 16, seed: int = 1) -> torch.Tensor:
@@ -151,7 +159,7 @@ def test_2d_autoregressive_density_integrates_to_one(family):
 
 
 @pytest.mark.parametrize("order", [[0, 1, 2, 3, 4], [4, 2, 0, 1, 3]])
-@pytest.mark.parametrize("hidden_layers", [1, 3])
+@pytest.mark.parametrize("hidden_layers", [0, 1, 3])
 def test_made_outputs_depend_only_on_earlier_inputs(order, hidden_layers):
     n_dims = len(order)
     made = MADE(n_dims, outputs_per_dim=3, hidden_features=10, hidden_layers=hidden_layers,
@@ -176,3 +184,22 @@ def test_autoregressive_flow_refuses_a_bad_order():
 def test_autoregressive_flow_refuses_images():
     with pytest.raises(ConfigError, match=r"points of shape \[N, D\]"):
         AutoregressiveFlow((1, 4, 4))
+
+
+def test_made_refuses_too_few_hidden_units():
+    with pytest.raises(ConfigError, match="hidden_features must be at least D - 1 = 4"):
+        AutoregressiveFlow((5,), hidden_features=2)
+
+
+def test_autoregressive_flow_starts_as_an_unconditional_mixture():
+    flow = AutoregressiveFlow((3,), n_components=4, hidden_features=8)
+    mixture = flow.transforms[0].mixture(torch.randn(6, 3))
+    for parameter in (mixture.logits, mixture.loc, mixture.log_scale):
+        assert torch.allclose(parameter, parameter[:1].expand_as(parameter))
+
+
+def test_variable_order_travels_with_the_state_dict():
+    trained = AutoregressiveFlow((3,), n_components=2, hidden_features=8, order=[2, 0, 1])
+    fresh = AutoregressiveFlow((3,), n_components=2, hidden_features=8)
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.transforms[0].made.order == [2, 0, 1]

@@ -1,4 +1,8 @@
-"""Your own points from an .npz file with arrays ``train`` and ``test``."""
+"""Your own data from an .npz file with arrays ``train`` and ``test``.
+
+Points: [N] or [N, D] numbers (continuous). Images: integer [N, H, W] or [N, C, H, W] with
+values in 0 .. levels-1 (``data.levels``, 256 unless given), dequantized like any image set.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +12,68 @@ import numpy as np
 import torch
 
 from flowtrain.data.base import FlowData
+from flowtrain.data.images import as_images
 from flowtrain.errors import DataError
 
-_EXPECTED = "arrays `train` and `test` of shape [N] or [N, D], finite numbers"
+_EXPECTED = ("arrays `train` and `test`: points of shape [N] or [N, D] (finite numbers), or "
+             "images of shape [N, H, W] or [N, C, H, W] (integers in 0 .. data.levels-1)")
 
 
-class ArrayPoints(FlowData):
-    """Points from ``data.path``; [N] arrays become [N, 1]."""
+def _load(file: Path, path: str) -> dict[str, np.ndarray]:
+    if not file.is_file():
+        raise DataError(f"data.path={path}: no such file. Point data.path at an .npz file "
+                        f"holding {_EXPECTED}.")
+    try:
+        with np.load(file, allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError) as error:
+        raise DataError(f"data.path={path}: not a readable .npz file ({error}). "
+                        f"Expected {_EXPECTED}.") from error
 
-    def __init__(self, path: str, standardize: bool = True):
+
+def _check(file: Path, split: str, values: np.ndarray, levels: int | None) -> None:
+    if not np.issubdtype(values.dtype, np.number) or values.ndim not in (1, 2, 3, 4):
+        raise DataError(f"{file}: `{split}` has shape {values.shape} and dtype {values.dtype}. "
+                        f"Expected {_EXPECTED}.")
+    if values.size and not np.isfinite(values).all():
+        raise DataError(f"{file}: `{split}` holds NaN or infinite values. Expected {_EXPECTED}.")
+    if values.ndim >= 3:
+        if not np.issubdtype(values.dtype, np.integer):
+            raise DataError(f"{file}: `{split}` looks like images (shape {values.shape}) but "
+                            f"holds {values.dtype}; images must be integers in 0 .. "
+                            f"data.levels-1.")
+        if values.size and (values.min() < 0 or values.max() >= levels):
+            raise DataError(f"{file}: `{split}` has values {values.min()} .. {values.max()}, "
+                            f"outside 0 .. {levels - 1}; set data.levels to the number of "
+                            f"levels.")
+
+
+class ArrayData(FlowData):
+    """``data=array data.path=FILE.npz``."""
+
+    def __init__(self, path: str, standardize: bool = True, levels: int | None = None):
         file = Path(path).expanduser()
-        if not file.is_file():
-            raise DataError(f"data.path={path}: no such file. Point data.path at an .npz "
-                            f"file holding {_EXPECTED}.")
-        try:
-            with np.load(file, allow_pickle=False) as arrays:
-                found = {key: arrays[key] for key in arrays.files}
-        except (OSError, ValueError) as error:
-            raise DataError(f"data.path={path}: not a readable .npz file ({error}). "
-                            f"Expected {_EXPECTED}.") from error
-        splits = {}
+        found = _load(file, path)
         for split in ("train", "test"):
             if split not in found:
                 raise DataError(f"{file}: no `{split}` array (found: {sorted(found) or 'none'}). "
                                 f"Expected {_EXPECTED}.")
+        ranks = {found["train"].ndim >= 3, found["test"].ndim >= 3}
+        if len(ranks) > 1:
+            raise DataError(f"{file}: `train` and `test` differ in shape: "
+                            f"{found['train'].shape[1:]} vs {found['test'].shape[1:]}")
+        images = ranks.pop()
+        image_levels = 256 if levels is None else levels
+        splits = {}
+        for split in ("train", "test"):
             values = found[split]
-            if not np.issubdtype(values.dtype, np.number) or values.ndim not in (1, 2):
-                raise DataError(f"{file}: `{split}` has shape {values.shape} and dtype "
-                                f"{values.dtype}. Expected {_EXPECTED}.")
-            if values.size and not np.isfinite(values).all():
-                raise DataError(f"{file}: `{split}` holds NaN or infinite values. "
-                                f"Expected {_EXPECTED}.")
-            values = values if values.ndim == 2 else values[:, None]
-            splits[split] = torch.from_numpy(values.astype(np.float32))
+            _check(file, split, values, image_levels)
+            if images:
+                splits[split] = as_images(values.astype(np.int64)).to(
+                    torch.uint8 if image_levels <= 256 else torch.int32)
+            else:
+                values = values if values.ndim == 2 else values[:, None]
+                splits[split] = torch.from_numpy(values.astype(np.float32))
         super().__init__(splits["train"], splits["test"], name=file.name,
-                         standardize=standardize)
+                         levels=image_levels if images else levels,
+                         standardize=standardize and not images)

@@ -19,6 +19,9 @@ class GaussianMixture1D(FlowData):
         if not len(weights) == len(means) == len(stds) > 0:
             raise DataError("data.weights, data.means and data.stds must be non-empty lists "
                             f"of one length; got {len(weights)}, {len(means)}, {len(stds)}")
+        if n_train < 1 or n_test < 1:
+            raise DataError(f"data.n_train and data.n_test must be at least 1; got {n_train} "
+                            f"and {n_test}")
         if min(weights) <= 0 or min(stds) <= 0:
             raise DataError("data.weights and data.stds must all be positive")
         weights_tensor = torch.tensor(list(weights), dtype=torch.float64)

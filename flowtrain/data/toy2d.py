@@ -19,6 +19,7 @@ from torch import Tensor
 
 from flowtrain.data.base import FlowData
 from flowtrain.errors import DataError
+from flowtrain.flows.mixture import normal_cdf
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -64,10 +65,9 @@ class Moons(ToyDensity):
 
 
 class Rings(ToyDensity):
-    """Uniform angle, radius r_k + N(0, noise^2): p(x) = sum_k w_k N(|x|; r_k) / (2 pi |x|).
-
-    Exact up to the chance of a negative radius, Phi(-r_1 / noise) (below 1e-30 by default).
-    """
+    """Uniform angle, radius r ~ sum_k w_k N(r_k, noise^2). A negative r lands at |r| on the
+    opposite side, so p(x) = (p_r(|x|) + p_r(-|x|)) / (2 pi |x|): exact, and infinite (but
+    integrable) only at the origin."""
 
     def __init__(self, noise: float, radii: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)):
         self.noise = noise
@@ -83,8 +83,10 @@ class Rings(ToyDensity):
 
     def log_prob(self, x: Tensor) -> Tensor:
         radius = x.double().norm(dim=1)
-        u = (radius[:, None] - self.radii) / self.noise
-        log_radial = torch.logsumexp(torch.log(self.weights) - 0.5 * u.square()
+        both_signs = torch.cat([radius[:, None] - self.radii, radius[:, None] + self.radii], 1)
+        u = both_signs / self.noise
+        log_weights = torch.log(self.weights).repeat(2)
+        log_radial = torch.logsumexp(log_weights - 0.5 * u.square()
                                      - _HALF_LOG_2PI - math.log(self.noise), dim=1)
         return log_radial - torch.log(2 * math.pi * radius)
 
@@ -137,8 +139,10 @@ class WeightedGrid(ToyDensity):
         """[N, count]: how much of each grid column (or row) the noise carries to x."""
         offset = coordinate[:, None] - torch.arange(count, dtype=torch.float64) * self.side
         if self.noise > 0:
-            return (torch.special.ndtr(offset / self.noise)
-                    - torch.special.ndtr((offset - self.side) / self.noise))
+            upper, lower = offset / self.noise, (offset - self.side) / self.noise
+            # Phi(upper) - Phi(lower), from whichever tail keeps its digits.
+            return torch.where(lower > 0, normal_cdf(-lower) - normal_cdf(-upper),
+                               normal_cdf(upper) - normal_cdf(lower))
         return ((offset >= 0) & (offset < self.side)).double()
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -157,16 +161,19 @@ def checkerboard(noise: float) -> WeightedGrid:
 
 def render_text(text: str, height: int = 40) -> np.ndarray:
     """A grayscale picture of ``text`` in [0, 1], drawn by matplotlib's own font."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     width = max(height, int(height * 0.75 * len(text)))
-    figure = Figure(figsize=(width / 20, height / 20), dpi=20)
-    figure.text(0.5, 0.5, text, ha="center", va="center", fontsize=height * 2.4,
-                fontweight="bold", family="DejaVu Sans")
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba(), dtype=np.float64)
+    # matplotlib's own defaults, not the user's rcParams, so the points are the same anywhere
+    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+        figure = Figure(figsize=(width / 20, height / 20), dpi=20)
+        figure.text(0.5, 0.5, text, ha="center", va="center", fontsize=height * 2.4,
+                    fontweight="bold", family="DejaVu Sans")
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        rgba = np.asarray(canvas.buffer_rgba(), dtype=np.float64)
     return 1.0 - rgba[..., :3].mean(axis=2) / 255.0
 
 
@@ -200,9 +207,14 @@ class Toy2D(FlowData):
                  n_test: int = 5_000, noise: float | None = None, seed: int = 0,
                  standardize: bool = True, image_text: str = "FLOW"):
         name = Toy2DName(name)
+        if n_train < 1 or n_test < 1:
+            raise DataError(f"data.n_train and data.n_test must be at least 1; got {n_train} "
+                            f"and {n_test}")
         noise = DEFAULT_NOISE[name] if noise is None else float(noise)
-        if noise < 0 or (noise == 0 and name in (Toy2DName.rings, Toy2DName.eight_gaussians)):
-            raise DataError(f"data.noise must be positive for {name.value}; got {noise}")
+        needs_noise = name in (Toy2DName.rings, Toy2DName.eight_gaussians)
+        if noise < 0 or (noise == 0 and needs_noise):
+            bound = "positive" if needs_noise else "at least 0"
+            raise DataError(f"data.noise must be {bound} for {name.value}; got {noise}")
         self.density = _BUILDERS[name](noise, image_text)
         points = self.density.sample(n_train + n_test, torch.Generator().manual_seed(seed))
         points = points.float()

@@ -7,6 +7,7 @@ whose parameters a network computes from x1. A MADE gives all D conditionals in 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -16,8 +17,13 @@ from flowtrain.flows.base import Bijection, FlowModel, UniformBase
 from flowtrain.flows.made import MADE
 from flowtrain.flows.mixture import Family, ScalarMixture, initial_mixture_parameters
 
+# Log-scales are squashed into (-bound, bound) (in standardized units) by bound * tanh(raw
+# / bound): a free network output can overflow exp() or collapse a component onto a point.
+LOG_SCALE_BOUND = 7.0
+
 
 def check_order(order: list[int] | None, n_dims: int) -> list[int]:
+    """``model.order`` as a list, the natural order when it is null."""
     if order is None:
         return list(range(n_dims))
     order = [int(i) for i in order]
@@ -34,10 +40,10 @@ class AutoregressiveMixtureCDF(Bijection):
                  hidden_features: int, hidden_layers: int, order: list[int]):
         super().__init__()
         if n_components < 1 or hidden_features < 1 or hidden_layers < 0:
-            raise ConfigError("model.n_components and model.hidden_features must be at least "
-                              "1 and model.hidden_layers at least 0")
+            raise ConfigError(f"model.n_components ({n_components}) and model.hidden_features "
+                              f"({hidden_features}) must be at least 1, model.hidden_layers "
+                              f"({hidden_layers}) at least 0")
         self.family = Family(family)
-        self.order = order
         self.n_components = n_components
         self.made = MADE(n_dims, 3 * n_components, hidden_features, hidden_layers, order)
         # Start as the same unconditional mixture per dimension as the 1-D flow: the output
@@ -48,7 +54,8 @@ class AutoregressiveMixtureCDF(Bijection):
                 torch.cat(initial_mixture_parameters(n_components)).repeat(n_dims))
 
     def mixture(self, x: Tensor) -> ScalarMixture:
-        logits, loc, log_scale = self.made(x).split(self.n_components, dim=-1)
+        logits, loc, raw_log_scale = self.made(x).split(self.n_components, dim=-1)
+        log_scale = LOG_SCALE_BOUND * torch.tanh(raw_log_scale / LOG_SCALE_BOUND)
         return ScalarMixture(logits, loc, log_scale, self.family)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -57,18 +64,19 @@ class AutoregressiveMixtureCDF(Bijection):
 
     def inverse(self, z: Tensor) -> Tensor:
         """One network pass per dimension, in order: x_i needs x_<i."""
-        return self._fill_in_order(z, lambda mixture, dim: mixture.inverse_cdf(z[:, dim]))
+        return self._fill_in_order(torch.zeros_like(z),
+                                   lambda mixture, dim: mixture.inverse_cdf(z[:, dim]))
 
     def sample_ancestral(self, n: int, like: Tensor, generator: torch.Generator | None
                          ) -> Tensor:
-        return self._fill_in_order(
-            like.new_zeros(n, len(self.order)),
-            lambda mixture, dim: mixture.sample(generator=generator))
+        return self._fill_in_order(like.new_zeros(n, self.made.n_dims),
+                                   lambda mixture, dim: mixture.sample(generator=generator))
 
     @torch.no_grad()
-    def _fill_in_order(self, start: Tensor, solve) -> Tensor:
-        x = torch.zeros_like(start)
-        for dim in self.order:
+    def _fill_in_order(self, x: Tensor,
+                       solve: Callable[[ScalarMixture, int], Tensor]) -> Tensor:
+        """Fill the zeros ``x`` dimension by dimension: x_i = solve(p(x_i | x_<i), i)."""
+        for dim in self.made.order:
             full = self.mixture(x)
             mixture = ScalarMixture(full.logits[:, dim], full.loc[:, dim],
                                     full.log_scale[:, dim], self.family)
@@ -79,8 +87,8 @@ class AutoregressiveMixtureCDF(Bijection):
 class AutoregressiveFlow(FlowModel):
     """``model=arflow2d``: the autoregressive mixture-CDF flow for [N, D] points."""
 
-    def __init__(self, event_shape: tuple[int, ...], n_components: int = 8,
-                 family: Family | str = Family.gaussian, hidden_features: int = 64,
+    def __init__(self, event_shape: tuple[int, ...], n_components: int = 16,
+                 family: Family | str = Family.gaussian, hidden_features: int = 128,
                  hidden_layers: int = 2, order: list[int] | None = None):
         if len(event_shape) != 1:
             raise ConfigError(f"model=arflow2d takes points of shape [N, D]; got data of "

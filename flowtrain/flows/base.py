@@ -44,6 +44,26 @@ class UniformBase(nn.Module):
                           generator=generator)
 
 
+class StandardNormal(nn.Module):
+    """N(0, I) over the event shape; sampling at temperature T draws from N(0, T^2 I)."""
+
+    def __init__(self, event_shape: tuple[int, ...]):
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        flat = z.flatten(1)
+        return -0.5 * (flat.square().sum(dim=1) + flat.shape[1] * math.log(2 * math.pi))
+
+    def sample(
+        self, n: int, *, like: Tensor, temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        noise = torch.randn((n, *self.event_shape), device=like.device, dtype=like.dtype,
+                            generator=generator)
+        return temperature * noise
+
+
 class FlowModel(nn.Module):
     """A density p(x) = p_base(f(x)) |det df/dx| from a chain of bijections and a base.
 

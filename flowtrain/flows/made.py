@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowtrain.errors import ConfigError
+
 
 class MaskedLinear(nn.Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 mask (a buffer)."""
@@ -36,6 +38,13 @@ class MADE(nn.Module):
     def __init__(self, n_dims: int, outputs_per_dim: int, hidden_features: int,
                  hidden_layers: int, order: list[int]):
         super().__init__()
+        if sorted(order) != list(range(n_dims)):
+            raise ConfigError(f"the variable order must be a permutation of 0..{n_dims - 1}; "
+                              f"got {list(order)}")
+        if hidden_layers > 0 and hidden_features < n_dims - 1:
+            # Fewer hidden units than degrees would silently cut some x_j -> x_i paths.
+            raise ConfigError(f"model.hidden_features must be at least D - 1 = {n_dims - 1} "
+                              f"for {n_dims}-dimensional data; got {hidden_features}")
         self.n_dims = n_dims
         self.outputs_per_dim = outputs_per_dim
         rank = torch.empty(n_dims, dtype=torch.long)
@@ -52,6 +61,11 @@ class MADE(nn.Module):
         output_mask = (output_degrees[:, None] > previous[None, :]).float()
         self.output = MaskedLinear(len(previous), n_dims * outputs_per_dim, output_mask)
         self.hidden = nn.Sequential(*layers)
+
+    @property
+    def order(self) -> list[int]:
+        """The variable order, read back from the masks' ranks (one source of truth)."""
+        return self.rank.argsort().tolist()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.output(self.hidden(x))

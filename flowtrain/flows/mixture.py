@@ -28,6 +28,7 @@ class Family(str, Enum):
 
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
 # The bisection bracket: this many component scales beyond the outermost locations, where
 # the mixture CDF is within 1e-13 of 0 or 1 for both families (logistic: sigmoid(-30)).
 _TAIL_SCALES = 30.0
@@ -43,9 +44,15 @@ def _component_log_pdf(u: Tensor, family: Family) -> Tensor:
     return -u - 2.0 * F.softplus(-u)
 
 
+def normal_cdf(u: Tensor) -> Tensor:
+    """Phi(u) through erfc, which keeps the lower tail (ndtr rounds it to 0 below about
+    -8 in float64 and -6 in float32)."""
+    return 0.5 * torch.special.erfc(-u * _INV_SQRT2)
+
+
 def _component_cdf(u: Tensor, family: Family) -> Tensor:
     if family is Family.gaussian:
-        return torch.special.ndtr(u)
+        return normal_cdf(u)
     return torch.sigmoid(u)
 
 

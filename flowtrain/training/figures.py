@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import matplotlib
@@ -13,7 +14,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from flowtrain.data.base import FlowData  # noqa: E402
-from flowtrain.flows.base import FlowModel  # noqa: E402
+from flowtrain.flows.base import FlowModel, UniformBase  # noqa: E402
 from flowtrain.likelihood import Preprocessing, negative_log_likelihood  # noqa: E402
 
 
@@ -70,12 +71,15 @@ def _plot_range(points: torch.Tensor, margin: float = 0.15) -> list[tuple[float,
                                        strict=True)]
 
 
+_MAX_SCATTER_POINTS = 5000  # more only blurs the scatter plots and slows them
+
+
 @torch.no_grad()
 def density_2d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
                samples: torch.Tensor, grid_points: int = 200) -> Figure:
     """Side by side: the data, log p on a grid, samples, and z = f(x) of test points."""
     device = next(model.parameters()).device
-    test = data.test[:5000]
+    test = data.test[:_MAX_SCATTER_POINTS]
     (x_low, x_high), (y_low, y_high) = _plot_range(data.test)
     xs = torch.linspace(x_low, x_high, grid_points)
     ys = torch.linspace(y_low, y_high, grid_points)
@@ -104,17 +108,42 @@ def density_2d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
     latent = latent.cpu()
     axes[3].scatter(latent[:, 0], latent[:, 1], color="tab:green", **scatter)
     axes[3].set_title("z = f(x) of test data")
+    if isinstance(model.base, UniformBase):  # a good fit fills the unit square evenly
+        axes[3].set_xlim(0, 1)
+        axes[3].set_ylim(0, 1)
+        axes[3].set_aspect("equal")
     figure.tight_layout()
     return figure
 
 
+def image_grid(images: torch.Tensor, levels: int) -> torch.Tensor:
+    """Integer images [N, C, H, W] in 0 .. levels-1 -> one [C, H', W'] grid in [0, 1].
+
+    Images smaller than 32 pixels are enlarged (nearest neighbour) so TensorBoard shows
+    8x8 digits at a size a person can read."""
+    from torchvision.utils import make_grid
+
+    scaled = images.float().cpu() / (levels - 1)
+    factor = max(1, 32 // min(images.shape[-2:]))
+    if factor > 1:
+        scaled = scaled.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    rows = max(1, int(math.sqrt(len(images))))
+    return make_grid(scaled, nrow=rows, padding=1, pad_value=1.0)
+
+
+_IMAGE_GRID_SIZE = 64
+
+
 def figures_for(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
-                draw_samples: Callable[[], torch.Tensor]) -> dict[str, Figure]:
-    """The figures that suit this data's shape, by TensorBoard tag (samples drawn only
-    when a figure shows them)."""
+                draw_samples: Callable[[int], torch.Tensor], n_samples: int
+                ) -> dict[str, Figure | torch.Tensor]:
+    """The pictures that suit this data's shape, by TensorBoard tag: matplotlib figures, or
+    image tensors [C, H, W] (samples drawn only when a picture shows them)."""
     if data.event_shape == (1,):
-        return {"density": density_1d(model, preprocessing, data, draw_samples()),
+        return {"density": density_1d(model, preprocessing, data, draw_samples(n_samples)),
                 "latent": latent_histogram(model, preprocessing, data)}
     if data.event_shape == (2,):
-        return {"density": density_2d(model, preprocessing, data, draw_samples())}
+        return {"density": density_2d(model, preprocessing, data, draw_samples(n_samples))}
+    if len(data.event_shape) == 3 and data.levels is not None:
+        return {"samples": image_grid(draw_samples(_IMAGE_GRID_SIZE), data.levels)}
     return {}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -22,10 +23,14 @@ class RunLogger:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
-    def figures(self, figures: dict[str, Figure], step: int) -> None:
-        for tag, figure in figures.items():
-            self.writer.add_figure(tag, figure, step, close=True)
-            plt.close(figure)
+    def figures(self, figures: dict[str, Figure | Tensor], step: int) -> None:
+        """Matplotlib figures, or image tensors [C, H, W] with values in [0, 1]."""
+        for tag, picture in figures.items():
+            if isinstance(picture, Tensor):
+                self.writer.add_image(tag, picture, step)
+                continue
+            self.writer.add_figure(tag, picture, step, close=True)
+            plt.close(picture)
 
     def flush(self) -> None:
         self.writer.flush()

@@ -114,12 +114,16 @@ class Trainer:
         return None if true_log_prob is None else -true_log_prob.double().mean().item()
 
     @torch.no_grad()
-    def draw_samples(self) -> torch.Tensor:
-        """Samples in data space, from a generator of their own so that drawing them does
-        not move the training RNG (a resumed run must see the same random numbers)."""
+    def draw_samples(self, n: int) -> torch.Tensor:
+        """n samples in data space at ``train.sample_temperature``, from a generator of their
+        own so that drawing them does not move the training RNG (a resumed run must see the
+        same random numbers)."""
         generator_device = self.device if self.device.type == "cuda" else "cpu"
         generator = torch.Generator(generator_device).manual_seed(self.seed + self.state.step)
-        samples = self.state.model.sample(self.cfg.n_samples, generator=generator)
+        self.state.model.eval()
+        samples = self.state.model.sample(n, temperature=self.cfg.sample_temperature,
+                                          generator=generator)
+        self.state.model.train()
         return self.state.preprocessing.restore(samples)
 
     # --- writing ---------------------------------------------------------------------
@@ -133,7 +137,7 @@ class Trainer:
 
     def log_figures(self, logger: RunLogger) -> None:
         figures = figures_for(self.state.model, self.state.preprocessing, self.data,
-                              self.draw_samples)
+                              self.draw_samples, self.cfg.n_samples)
         logger.figures(figures, self.state.step)
 
     # --- the loop ----------------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""Image data sets, held in memory as integer tensors [N, C, H, W] with ``levels`` values.
+
+mnist, fashion_mnist and cifar10 come through torchvision's own data set classes; digits is
+scikit-learn's bundled 8x8 handwritten digits, so a run works with no network at all.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flowtrain.data.base import FlowData
+from flowtrain.errors import DataError
+
+
+class TorchvisionName(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+
+
+def _torchvision_class(name: TorchvisionName):
+    from torchvision import datasets
+
+    return {TorchvisionName.mnist: datasets.MNIST,
+            TorchvisionName.fashion_mnist: datasets.FashionMNIST,
+            TorchvisionName.cifar10: datasets.CIFAR10}[name]
+
+
+def as_images(values: np.ndarray | Tensor, channels_last: bool = False) -> Tensor:
+    """uint8 [N, H, W] or [N, C, H, W] (or [N, H, W, C] with ``channels_last``) ->
+    [N, C, H, W] uint8 tensor."""
+    images = torch.as_tensor(np.asarray(values))
+    if images.ndim == 3:
+        return images.unsqueeze(1)
+    return images.permute(0, 3, 1, 2).contiguous() if channels_last else images
+
+
+class TorchvisionImages(FlowData):
+    """``data=mnist|fashion_mnist|cifar10``: both splits through torchvision."""
+
+    def __init__(self, name: TorchvisionName | str, root: str = "data",
+                 download: bool = False):
+        name = TorchvisionName(name)
+        folder = Path(root).expanduser()
+        dataset_class = _torchvision_class(name)
+        splits = {}
+        for split, train in (("train", True), ("test", False)):
+            try:
+                dataset = dataset_class(str(folder), train=train, download=download)
+            except RuntimeError as error:
+                hint = ("downloading is off: add data.download=true, or put the files there"
+                        if not download else "the download failed; check the network, or put "
+                        "the files there yourself")
+                raise DataError(f"{name.value}: no usable files in {folder.resolve()} "
+                                f"({str(error).splitlines()[0]}); {hint} "
+                                f"(data.root={root}).") from error
+            except OSError as error:  # e.g. no network while downloading
+                raise DataError(f"{name.value}: could not download into {folder.resolve()} "
+                                f"({error}); put the files there and set "
+                                f"data.download=false.") from error
+            # CIFAR-10 keeps HWC numpy arrays; MNIST-style sets keep [N, H, W] tensors.
+            splits[split] = as_images(dataset.data, channels_last=name is
+                                      TorchvisionName.cifar10)
+        super().__init__(splits["train"], splits["test"], name=name.value, levels=256)
+
+
+class Digits(FlowData):
+    """``data=digits``: scikit-learn's 1797 8x8 digits, 17 gray levels, a fixed split
+    (the last ``n_test`` of a seeded permutation are the test set)."""
+
+    def __init__(self, n_test: int = 297, seed: int = 0):
+        from sklearn.datasets import load_digits
+
+        images = torch.as_tensor(load_digits().images, dtype=torch.uint8).unsqueeze(1)
+        if not 0 < n_test < len(images):
+            raise DataError(f"data.n_test must be between 1 and {len(images) - 1}; got {n_test}")
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        images = images[order]
+        super().__init__(images[:-n_test], images[-n_test:], name="digits", levels=17)

@@ -1,0 +1,49 @@
+"""ActNorm (Kingma & Dhariwal 2018): a per-channel affine map initialized from data.
+
+z = (x + bias) * exp(log_scale), with bias and log_scale chosen on the first training batch
+so that z has zero mean and unit variance per channel. The ``initialized`` flag is a buffer,
+so a resumed run keeps its initialized state instead of re-initializing on its first batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from flowtrain.flows.base import Bijection
+
+# Keeps a constant channel (MNIST's borders) from dividing by zero at initialization.
+_STD_EPSILON = 1e-6
+
+
+class ActNorm(Bijection):
+    def __init__(self, n_channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, n_channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, n_channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Zero mean, unit variance per channel on this batch (all-reduced when the batch
+        is split across processes, so every process starts identical)."""
+        flat = x.transpose(0, 1).flatten(1)
+        mean, mean_square = flat.mean(dim=1), flat.square().mean(dim=1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            stats = torch.stack([mean, mean_square])
+            torch.distributed.all_reduce(stats)
+            mean, mean_square = stats / torch.distributed.get_world_size()
+        std = (mean_square - mean.square()).clamp_min(0).sqrt()
+        self.bias.copy_(-mean.view_as(self.bias))
+        self.log_scale.copy_(-torch.log(std + _STD_EPSILON).view_as(self.log_scale))
+        self.initialized.fill_(True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training and not self.initialized:
+            self.initialize(x)
+        z = (x + self.bias) * torch.exp(self.log_scale)
+        log_det = self.log_scale.sum() * (x.shape[2] * x.shape[3])
+        return z, log_det.expand(x.shape[0])
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return z * torch.exp(-self.log_scale) - self.bias

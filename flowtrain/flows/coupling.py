@@ -1,0 +1,90 @@
+"""Affine coupling (Dinh et al., "Density estimation using Real NVP", 2017).
+
+One class for both of RealNVP's splits: a fixed binary mask (checkerboard or channel-wise)
+says which elements condition and which are transformed, so there is no near-twin class.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from flowtrain.flows.base import Bijection
+
+
+def checkerboard_mask(shape: tuple[int, int, int], parity: int) -> Tensor:
+    """[1, C, H, W] mask: 1 where (row + column + parity) is even."""
+    channels, height, width = shape
+    rows = torch.arange(height).view(-1, 1)
+    columns = torch.arange(width).view(1, -1)
+    mask = ((rows + columns + parity) % 2 == 0).float()
+    return mask.expand(channels, height, width).unsqueeze(0).clone()
+
+
+def channel_mask(shape: tuple[int, int, int], parity: int) -> Tensor:
+    """[1, C, H, W] mask: 1 on the first half of the channels (parity 0) or the second."""
+    channels, height, width = shape
+    first_half = (torch.arange(channels) < channels // 2).float()
+    mask = first_half if parity == 0 else 1.0 - first_half
+    return mask.view(1, channels, 1, 1).expand(1, channels, height, width).clone()
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Module:
+    return weight_norm(nn.Conv2d(in_channels, out_channels, kernel_size,
+                                 padding=kernel_size // 2))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, n_filters: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.ReLU(), _conv(n_filters, n_filters, 3), nn.ReLU(),
+                                  _conv(n_filters, n_filters, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ResNet(nn.Module):
+    """The coupling network: weight-normalized 3x3 convolutions with residual blocks."""
+
+    def __init__(self, in_channels: int, out_channels: int, n_filters: int, n_blocks: int):
+        super().__init__()
+        self.input = _conv(in_channels, n_filters, 3)
+        self.blocks = nn.Sequential(*(ResidualBlock(n_filters) for _ in range(n_blocks)))
+        self.output = nn.Conv2d(n_filters, out_channels, 3, padding=1)
+        # Zero output: every coupling starts as the identity, which keeps deep flows stable.
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output(F.relu(self.blocks(self.input(x))))
+
+
+class AffineCoupling(Bijection):
+    """z = m * x + (1 - m) * (x * exp(s(m * x)) + t(m * x)), with the log-scale bounded as
+    s = scale * tanh(raw) + shift (learned scale and shift per channel)."""
+
+    def __init__(self, mask: Tensor, coupling_net: nn.Module):
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.coupling_net = coupling_net
+        channels = mask.shape[1]
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.shift = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def _scale_and_translation(self, x_kept: Tensor) -> tuple[Tensor, Tensor]:
+        raw_log_scale, translation = self.coupling_net(x_kept).chunk(2, dim=1)
+        log_scale = self.scale * torch.tanh(raw_log_scale) + self.shift
+        free = 1.0 - self.mask
+        return log_scale * free, translation * free
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        log_scale, translation = self._scale_and_translation(x * self.mask)
+        z = x * torch.exp(log_scale) + translation
+        return z, log_scale.flatten(1).sum(dim=1)
+
+    def inverse(self, z: Tensor) -> Tensor:
+        log_scale, translation = self._scale_and_translation(z * self.mask)
+        return (z - translation) * torch.exp(-log_scale)

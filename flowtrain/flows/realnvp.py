@@ -1,0 +1,53 @@
+"""RealNVP for images (Dinh et al. 2017), shaped as in the seed and generalized to any
+C x H x W with even H and W.
+
+checkerboard couplings -> squeeze -> channel couplings -> unsqueeze -> checkerboard
+couplings, ActNorm after every coupling, masks alternating; base N(0, I).
+"""
+
+from __future__ import annotations
+
+from flowtrain.errors import ConfigError
+from flowtrain.flows.actnorm import ActNorm
+from flowtrain.flows.base import Bijection, FlowModel, StandardNormal
+from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask, checkerboard_mask
+from flowtrain.flows.reshape import Squeeze, Unsqueeze
+
+
+def _couplings(make_mask, shape: tuple[int, int, int], count: int, n_filters: int,
+               n_blocks: int) -> list[Bijection]:
+    """``count`` couplings with alternating masks, each followed by ActNorm."""
+    channels = shape[0]
+    layers: list[Bijection] = []
+    for index in range(count):
+        net = ResNet(channels, 2 * channels, n_filters, n_blocks)
+        layers += [AffineCoupling(make_mask(shape, index % 2), net), ActNorm(channels)]
+    return layers
+
+
+class RealNVP(FlowModel):
+    """``model=realnvp``."""
+
+    def __init__(self, event_shape: tuple[int, ...], n_filters: int = 32, n_blocks: int = 2,
+                 checkerboard_in: int = 4, channelwise: int = 3, checkerboard_out: int = 3):
+        if len(event_shape) != 3:
+            raise ConfigError(f"model=realnvp takes images [N, C, H, W]; got data of shape "
+                              f"[N, {', '.join(map(str, event_shape))}]. For points use "
+                              f"model=arflow2d or model=mixture_cdf.")
+        channels, height, width = event_shape
+        if height % 2 or width % 2:
+            raise ConfigError(f"RealNVP needs even height and width (it squeezes 2x2 patches "
+                              f"into channels); got {height}x{width}. Pad or crop the images.")
+        if min(n_filters, checkerboard_in, channelwise, checkerboard_out) < 1 or n_blocks < 0:
+            raise ConfigError("model.n_filters and the coupling counts must be at least 1, "
+                              "model.n_blocks at least 0")
+        image = (channels, height, width)
+        squeezed = (4 * channels, height // 2, width // 2)
+        layers = (
+            _couplings(checkerboard_mask, image, checkerboard_in, n_filters, n_blocks)
+            + [Squeeze()]
+            + _couplings(channel_mask, squeezed, channelwise, n_filters, n_blocks)
+            + [Unsqueeze()]
+            + _couplings(checkerboard_mask, image, checkerboard_out, n_filters, n_blocks)
+        )
+        super().__init__(layers, StandardNormal(tuple(event_shape)))

@@ -1,0 +1,145 @@
+"""Image data through the real loaders, and RealNVP through the real command.
+
+The fake MNIST and CIFAR-10 files are written in torchvision's own on-disk formats (IDX
+files; pickled python batches) and read by torchvision's own classes. CIFAR-10's loader
+also checks each file's MD5 against the published data set, which no fake file can match,
+so for CIFAR-10 alone that check is turned off in the subprocess (tests/fake_site).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_metrics, run_cli
+
+from flowtrain.data.images import Digits, TorchvisionImages
+from flowtrain.errors import DataError
+
+TINY_REALNVP = ["model=realnvp", "model.n_filters=8", "model.n_blocks=1",
+                "model.checkerboard_in=2", "model.channelwise=1", "model.checkerboard_out=1",
+                "train.steps=6", "train.batch_size=4", "train.eval_every=3",
+                "train.sample_every=3", "train.checkpoint_every=3", "train.log_every=3",
+                "train.eval_batch_size=16"]
+FAKE_SITE = Path(__file__).parent / "fake_site"
+
+
+def write_idx(path: Path, values: np.ndarray) -> None:
+    """An IDX file: magic (0, 0, type 0x08 = uint8, n_dims), big-endian sizes, data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, values.ndim)
+    header += struct.pack(f">{values.ndim}I", *values.shape)
+    path.write_bytes(header + values.astype(np.uint8).tobytes())
+
+
+def write_fake_mnist(root: Path, folder: str = "MNIST", n: int = 12, size: int = 8) -> None:
+    generator = np.random.default_rng(0)
+    raw = root / folder / "raw"
+    for prefix, count in (("train", n), ("t10k", n // 2)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte",
+                  generator.integers(0, 256, (count, size, size)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", generator.integers(0, 10, count))
+
+
+def write_fake_cifar10(root: Path, per_batch: int = 4) -> None:
+    generator = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {"data": generator.integers(0, 256, (per_batch, 3072)).astype(np.uint8),
+                 "labels": generator.integers(0, 10, per_batch).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a"] * 10}))
+
+
+def test_mnist_files_load_through_torchvision(tmp_path):
+    write_fake_mnist(tmp_path)
+    data = TorchvisionImages("mnist", root=str(tmp_path))
+    assert data.train.shape == (12, 1, 8, 8) and data.test.shape == (6, 1, 8, 8)
+    assert data.train.dtype == torch.uint8 and data.levels == 256
+
+
+def test_fashion_mnist_files_load_through_torchvision(tmp_path):
+    write_fake_mnist(tmp_path, folder="FashionMNIST")
+    assert TorchvisionImages("fashion_mnist", root=str(tmp_path)).train.shape == (12, 1, 8, 8)
+
+
+def test_missing_data_set_names_folder_and_flag(tmp_path):
+    with pytest.raises(DataError, match=r"data.download=true") as error:
+        TorchvisionImages("cifar10", root=str(tmp_path / "nowhere"))
+    assert str((tmp_path / "nowhere").resolve()) in str(error.value)
+
+
+def test_digits_split_is_fixed():
+    first, second = Digits(), Digits()
+    assert first.train.shape == (1500, 1, 8, 8) and first.test.shape == (297, 1, 8, 8)
+    assert torch.equal(first.test, second.test) and first.levels == 17
+    assert int(first.train.max()) == 16
+
+
+def _sample_images(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tb"))
+    accumulator.Reload()
+    return accumulator.Images("samples")
+
+
+def test_realnvp_trains_on_digits_end_to_end(tmp_path):
+    run_cli(*TINY_REALNVP, "data=digits", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    metrics = read_metrics(tmp_path)
+    assert metrics["steps"] == 6 and 0 < metrics["test_bpd"] < 8
+    samples = _sample_images(tmp_path)
+    assert [image.step for image in samples] == [3, 6]
+    # 64 samples of 8x8, enlarged 4x, in an 8x8 grid with 1-pixel padding
+    assert (samples[-1].height, samples[-1].width) == (8 * 33 + 1, 8 * 33 + 1)
+
+
+def test_realnvp_trains_on_fake_mnist_files(tmp_path):
+    write_fake_mnist(tmp_path / "data")
+    run_cli(*TINY_REALNVP, "data=mnist", f"data.root={tmp_path / 'data'}",
+            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert read_metrics(tmp_path / "run")["steps"] == 6
+    assert _sample_images(tmp_path / "run")
+
+
+def test_realnvp_trains_on_fake_cifar10_files(tmp_path):
+    write_fake_cifar10(tmp_path / "data")
+    run_cli(*TINY_REALNVP, "data=cifar10", f"data.root={tmp_path / 'data'}",
+            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+            env={"PYTHONPATH": str(FAKE_SITE)})
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["steps"] == 6 and np.isfinite(metrics["test_bpd"])
+    assert _sample_images(tmp_path / "run")[-1].width == 32 * 8 + 9
+
+
+def test_missing_mnist_fails_before_training(tmp_path):
+    result = run_cli(*TINY_REALNVP, "data=mnist", f"data.root={tmp_path / 'empty'}",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "data.download=true" in out and "Traceback" not in out
+
+
+def test_odd_sized_images_name_the_constraint(tmp_path):
+    np.savez(tmp_path / "odd.npz", train=np.zeros((8, 6, 5), np.uint8),
+             test=np.zeros((4, 6, 5), np.uint8))
+    result = run_cli(*TINY_REALNVP, "data=array", f"data.path={tmp_path / 'odd.npz'}",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "RealNVP needs even height and width" in result.stdout + result.stderr
+    assert "6x5" in result.stdout + result.stderr
+
+
+def test_array_images_train_with_their_levels(tmp_path):
+    generator = np.random.default_rng(0)
+    np.savez(tmp_path / "images.npz", train=generator.integers(0, 4, (16, 2, 4, 4)),
+             test=generator.integers(0, 4, (8, 2, 4, 4)))
+    run_cli(*TINY_REALNVP, "data=array", f"data.path={tmp_path / 'images.npz'}",
+            "data.levels=4", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert read_metrics(tmp_path / "run")["test_bpd"] < 2.5  # log2(4) = 2 for a blank model

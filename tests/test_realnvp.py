@@ -1,0 +1,96 @@
+"""RealNVP's parts: masks, squeeze, ActNorm, float32 invertibility, shape errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowtrain.errors import ConfigError
+from flowtrain.flows.actnorm import ActNorm
+from flowtrain.flows.coupling import channel_mask, checkerboard_mask
+from flowtrain.flows.realnvp import RealNVP
+from flowtrain.flows.reshape import squeeze, unsqueeze
+from flowtrain.training.checkpoint import load_checkpoint, save_checkpoint
+
+
+@pytest.mark.parametrize("make_mask", [checkerboard_mask, channel_mask])
+def test_the_two_masks_of_a_kind_cover_every_element_once(make_mask):
+    shape = (4, 6, 8)
+    first, second = make_mask(shape, 0), make_mask(shape, 1)
+    assert first.shape == (1, *shape)
+    assert torch.equal(first + second, torch.ones(1, *shape))
+    assert 0 < first.sum() < first.numel()
+
+
+def test_checkerboard_alternates_between_neighbours():
+    mask = checkerboard_mask((1, 4, 4), 0)[0, 0]
+    assert torch.equal(mask[:, :-1] + mask[:, 1:], torch.ones(4, 3))
+    assert torch.equal(mask[:-1] + mask[1:], torch.ones(3, 4))
+
+
+def test_squeeze_round_trips_and_keeps_patches_together():
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
+    squeezed = squeeze(x)
+    assert squeezed.shape == (2, 12, 2, 3)
+    assert torch.equal(unsqueeze(squeezed), x)
+    # the four values of the top-left 2x2 patch of channel 0 land in channels 0..3
+    assert sorted(squeezed[0, :4, 0, 0].tolist()) == sorted(x[0, 0, :2, :2].flatten().tolist())
+
+
+def test_actnorm_first_batch_comes_out_standardized():
+    actnorm = ActNorm(3)
+    x = 5.0 + 3.0 * torch.randn(64, 3, 4, 4)
+    z, _ = actnorm(x)
+    assert torch.allclose(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(z.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
+    assert bool(actnorm.initialized)
+    z_again, _ = actnorm(x + 100.0)  # no second initialization
+    assert torch.allclose(z_again - z, 100.0 * actnorm.log_scale.exp().view(1, 3, 1, 1)
+                          .expand_as(z), atol=1e-3)
+
+
+def test_actnorm_survives_a_constant_channel():
+    x = torch.zeros(8, 2, 4, 4)
+    x[:, 1] = torch.randn(8, 4, 4)
+    z, log_det = ActNorm(2)(x)
+    assert torch.isfinite(z).all() and torch.isfinite(log_det).all()
+
+
+def test_actnorm_state_survives_a_checkpoint(tmp_path):
+    actnorm = ActNorm(2)
+    actnorm(torch.randn(16, 2, 3, 3) * 4 + 1)
+    save_checkpoint({"model": actnorm.state_dict()}, tmp_path / "a.pt")
+    restored = ActNorm(2)
+    restored.load_state_dict(load_checkpoint(tmp_path / "a.pt")["model"])
+    assert bool(restored.initialized)
+    x = torch.randn(4, 2, 3, 3)
+    assert torch.equal(restored(x)[0], actnorm(x)[0])
+
+
+def test_realnvp_inverts_to_1e4_in_float32():
+    torch.manual_seed(0)
+    flow = RealNVP((3, 8, 8), n_filters=16, n_blocks=2)
+    flow(torch.rand(32, 3, 8, 8))  # ActNorm initialization on a first batch
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    x = torch.randn(16, 3, 8, 8)
+    z, log_det = flow(x)
+    assert torch.isfinite(log_det).all()
+    assert (flow.inverse(z) - x).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((1, 28, 27), "even height and width"),
+    ((1, 28), "takes images"),
+])
+def test_realnvp_names_the_shape_constraint(shape, message):
+    with pytest.raises(ConfigError, match=message):
+        RealNVP(shape)
+
+
+def test_realnvp_samples_at_a_temperature():
+    flow = RealNVP((1, 4, 4), n_filters=4, n_blocks=1).eval()
+    cold = flow.sample(256, temperature=0.1, generator=torch.Generator().manual_seed(0))
+    warm = flow.sample(256, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert cold.shape == (256, 1, 4, 4) and cold.std() < warm.std()
