@@ -33,7 +33,7 @@ def resume_path(resume: object, run_dir: Path) -> Path | None:
     return Path(str(resume)).expanduser()
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "") -> Trainer:
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     data: FlowData = instantiate(cfg.data)
@@ -54,11 +54,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     if checkpoint is not None:
         restore(state, checkpoint)
         log.info("resumed from %s at step %d", checkpoint, state.step)
-    return Trainer(state, data, cfg.train, run_dir, device, seed=cfg.seed)
+    return Trainer(state, data, cfg.train, run_dir, device, seed=cfg.seed,
+                   resume_command=resume_command)
 
 
-# A checkpoint continues only the run it came from: these groups must match exactly.
+# A checkpoint continues only the run it came from: these groups must match exactly,
+# except for keys that say where the data lives rather than what it is.
 _FIXED_ON_RESUME = ("model", "data", "dequant")
+_WHERE_NOT_WHAT = {"data.root", "data.download"}
 
 
 def _differences(saved: object, current: object, prefix: str) -> list[str]:
@@ -73,7 +76,8 @@ def check_same_setup(saved: dict, current: dict, path: Path) -> None:
     """Refuse to resume into a different model, data set or dequantizer; warn when the
     optimizer settings changed, since its saved state (learning rate included) wins."""
     differences = [difference for group in _FIXED_ON_RESUME
-                   for difference in _differences(saved.get(group), current.get(group), group)]
+                   for difference in _differences(saved.get(group), current.get(group), group)
+                   if difference.split(":")[0] not in _WHERE_NOT_WHAT]
     if differences:
         raise CheckpointError(f"{path} was trained with another setup: "
                               f"{'; '.join(differences[:5])}. Resume with the same "

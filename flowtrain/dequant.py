@@ -27,7 +27,8 @@ class NoDequantization(nn.Module):
                               f"dequant=uniform (or dequant=auto) so its bits/dim mean "
                               f"something")
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None
+                ) -> tuple[Tensor, Tensor]:
         return x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
     def restore(self, y: Tensor) -> Tensor:
@@ -48,9 +49,12 @@ class UniformDequantization(nn.Module):
         self.levels = int(levels)
         self.logit_alpha = float(logit_alpha)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """``generator``: where the noise comes from (evaluation passes its own, so it
+        neither moves the training RNG nor changes between evaluations)."""
         x = x.float() if not x.is_floating_point() else x
-        noise = torch.rand_like(x)
+        noise = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
         y = (x + noise) / self.levels
         n_dims = x[0].numel()
         log_det = torch.full((x.shape[0],), -n_dims * math.log(self.levels),

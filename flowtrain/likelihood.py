@@ -59,8 +59,9 @@ class Preprocessing(nn.Module):
     def for_data(cls, dequantizer: nn.Module, data: FlowData) -> Preprocessing:
         return cls(dequantizer, Standardize.fit(data.train) if data.standardize else Identity())
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        y, dequant_log_det = self.dequantizer(x)
+    def forward(self, x: Tensor, generator: torch.Generator | None = None
+                ) -> tuple[Tensor, Tensor]:
+        y, dequant_log_det = self.dequantizer(x, generator=generator)
         y, standardize_log_det = self.standardize(y)
         return y, dequant_log_det + standardize_log_det
 
@@ -69,9 +70,11 @@ class Preprocessing(nn.Module):
         return self.dequantizer.restore(self.standardize.inverse(y))
 
 
-def negative_log_likelihood(model: FlowModel, preprocessing: Preprocessing, x: Tensor) -> Tensor:
-    """-log p(x) in nats per example, in data units: -(log p_model(y) + log|dy/dx|)."""
-    y, log_det = preprocessing(x)
+def negative_log_likelihood(model: FlowModel, preprocessing: Preprocessing, x: Tensor,
+                            generator: torch.Generator | None = None) -> Tensor:
+    """-log p(x) in nats per example, in data units: -(log p_model(y) + log|dy/dx|).
+    For discrete data it is the dequantization bound, with noise from ``generator``."""
+    y, log_det = preprocessing(x, generator=generator)
     return -(model.log_prob(y) + log_det)
 
 

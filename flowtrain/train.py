@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -36,11 +37,20 @@ def main(cfg: DictConfig) -> float:
     sys.exit(2)
 
 
+def resume_command(task_overrides: list[str], run_dir: Path) -> str:
+    """The command that continues this run: its own overrides, its folder, resume=true."""
+    kept = [item for item in task_overrides
+            if not item.startswith(("resume=", "hydra.run.dir=", "+resume="))]
+    words = ["flowtrain", *kept, f"hydra.run.dir={run_dir}", "resume=true"]
+    return " ".join(shlex.quote(word) for word in words)
+
+
 def train(cfg: DictConfig) -> float:
     from flowtrain.build import build_trainer  # heavy imports after Hydra has parsed argv
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    trainer = build_trainer(cfg, run_dir)
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    trainer = build_trainer(cfg, run_dir, resume_command(hydra_config.overrides.task, run_dir))
     log.info("run folder: %s", run_dir)
     metrics = trainer.run()
     log.info("done: %s", json.dumps(metrics))

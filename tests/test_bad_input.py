@@ -49,7 +49,8 @@ def test_array_path_not_given_names_the_key(tmp_path):
 
 
 @pytest.mark.parametrize("arrays, complaint", [
-    ({"train": np.zeros((10, 2, 2, 2, 2)), "test": np.zeros((5, 2))}, "has shape (10, 2, 2, 2, 2)"),
+    ({"train": np.zeros((10, 2, 2, 2, 2)), "test": np.zeros((5, 2, 2, 2, 2))},
+     "has shape (10, 2, 2, 2, 2)"),
     ({"train": np.zeros((10, 4, 4)), "test": np.zeros((5, 4, 4))}, "must be integers"),
     ({"train": np.full((10, 4, 4), 300), "test": np.zeros((5, 4, 4), int)}, "outside 0 .. 255"),
     ({"train": np.zeros((10, 4, 4), int), "test": np.zeros((5, 2), int)}, "differ in shape"),

@@ -89,8 +89,52 @@ def test_realnvp_names_the_shape_constraint(shape, message):
         RealNVP(shape)
 
 
+def _perturbed_realnvp(shape=(1, 4, 4)) -> RealNVP:
+    torch.manual_seed(0)
+    flow = RealNVP(shape, n_filters=4, n_blocks=1)
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    return flow.eval()
+
+
 def test_realnvp_samples_at_a_temperature():
-    flow = RealNVP((1, 4, 4), n_filters=4, n_blocks=1).eval()
-    cold = flow.sample(256, temperature=0.1, generator=torch.Generator().manual_seed(0))
-    warm = flow.sample(256, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    assert cold.shape == (256, 1, 4, 4) and cold.std() < warm.std()
+    """Samples at temperature T are the inverse of T times the base noise (not T * x)."""
+    flow = _perturbed_realnvp()
+    cold = flow.sample(16, temperature=0.3, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((16, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(cold, flow.inverse(0.3 * noise), atol=1e-6)
+    assert not torch.allclose(cold, 0.3 * flow.inverse(noise), atol=1e-3)
+
+
+def test_consecutive_couplings_alternate_their_masks():
+    """Each checkerboard or channel stage alternates parity, so every element is
+    transformed by some coupling of the stage."""
+    from flowtrain.flows.coupling import AffineCoupling
+
+    flow = RealNVP((2, 4, 4), n_filters=4, n_blocks=1)
+    couplings = [layer for layer in flow.transforms if isinstance(layer, AffineCoupling)]
+    stages = [couplings[:4], couplings[4:7], couplings[7:]]
+    for stage in stages:
+        for first, second in zip(stage, stage[1:], strict=False):
+            assert first.mask.shape == second.mask.shape
+            assert torch.equal(first.mask + second.mask, torch.ones_like(first.mask))
+
+
+def test_every_output_depends_on_other_inputs():
+    """With masks alternating, z at each position depends on some other position of x."""
+    flow = _perturbed_realnvp()
+    x = torch.randn(1, 1, 4, 4, requires_grad=True)
+    jacobian = torch.autograd.functional.jacobian(lambda v: flow(v)[0].flatten(), x)
+    jacobian = jacobian.reshape(16, 16)
+    off_diagonal = jacobian - torch.diag(torch.diagonal(jacobian))
+    assert (off_diagonal.abs().sum(dim=1) > 0).all()
+
+
+def test_actnorm_initializes_once_even_after_loading_an_uninitialized_state():
+    actnorm = ActNorm(1)
+    fresh_state = {key: value.clone() for key, value in actnorm.state_dict().items()}
+    actnorm(torch.randn(8, 1, 2, 2) * 3)
+    actnorm.load_state_dict(fresh_state)
+    actnorm(torch.randn(8, 1, 2, 2) * 5 + 2)
+    assert bool(actnorm.initialized) and actnorm.bias.item() != 0

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from flowtrain.data.base import FlowData
-from flowtrain.data.images import as_images
+from flowtrain.data.images import as_images, looks_channels_last
 from flowtrain.errors import DataError
 
 _EXPECTED = ("arrays `train` and `test`: points of shape [N] or [N, D] (finite numbers), or "
-             "images of shape [N, H, W] or [N, C, H, W] (integers in 0 .. data.levels-1)")
+             "images of shape [N, H, W], [N, C, H, W] or [N, H, W, C] with C of 1, 3 or 4 "
+             "(integers in 0 .. data.levels-1)")
 
 
 def _load(file: Path, path: str) -> dict[str, np.ndarray]:
@@ -63,13 +64,19 @@ class ArrayData(FlowData):
             raise DataError(f"{file}: `train` and `test` differ in shape: "
                             f"{found['train'].shape[1:]} vs {found['test'].shape[1:]}")
         images = ranks.pop()
+        if levels is not None and not images:
+            raise DataError(f"{file}: data.levels is for images; these are points "
+                            f"(shape {found['train'].shape}). Leave data.levels=null.")
+        if levels is not None and levels < 2:
+            raise DataError(f"data.levels must be at least 2; got {levels}")
         image_levels = 256 if levels is None else levels
+        channels_last = images and looks_channels_last(found["train"].shape)
         splits = {}
         for split in ("train", "test"):
             values = found[split]
             _check(file, split, values, image_levels)
             if images:
-                splits[split] = as_images(values.astype(np.int64)).to(
+                splits[split] = as_images(values.astype(np.int64), channels_last).to(
                     torch.uint8 if image_levels <= 256 else torch.int32)
             else:
                 values = values if values.ndim == 2 else values[:, None]

@@ -23,7 +23,7 @@ class TorchvisionName(str, Enum):
     cifar10 = "cifar10"
 
 
-def _torchvision_class(name: TorchvisionName):
+def _torchvision_class(name: TorchvisionName) -> type:
     from torchvision import datasets
 
     return {TorchvisionName.mnist: datasets.MNIST,
@@ -31,13 +31,23 @@ def _torchvision_class(name: TorchvisionName):
             TorchvisionName.cifar10: datasets.CIFAR10}[name]
 
 
+# Where under data.root each torchvision class looks for its files.
+_FILES_FOLDER = {TorchvisionName.mnist: "MNIST/raw",
+                 TorchvisionName.fashion_mnist: "FashionMNIST/raw",
+                 TorchvisionName.cifar10: "cifar-10-batches-py"}
+
+
 def as_images(values: np.ndarray | Tensor, channels_last: bool = False) -> Tensor:
-    """uint8 [N, H, W] or [N, C, H, W] (or [N, H, W, C] with ``channels_last``) ->
-    [N, C, H, W] uint8 tensor."""
+    """[N, H, W], [N, C, H, W] or, with ``channels_last``, [N, H, W, C] -> [N, C, H, W]."""
     images = torch.as_tensor(np.asarray(values))
     if images.ndim == 3:
         return images.unsqueeze(1)
     return images.permute(0, 3, 1, 2).contiguous() if channels_last else images
+
+
+def looks_channels_last(shape: tuple[int, ...]) -> bool:
+    """[N, H, W, C] with C of 1, 3 or 4 and H, W larger: how most image arrays are saved."""
+    return len(shape) == 4 and shape[3] in (1, 3, 4) and min(shape[1:3]) > 4
 
 
 class TorchvisionImages(FlowData):
@@ -52,17 +62,14 @@ class TorchvisionImages(FlowData):
         for split, train in (("train", True), ("test", False)):
             try:
                 dataset = dataset_class(str(folder), train=train, download=download)
-            except RuntimeError as error:
-                hint = ("downloading is off: add data.download=true, or put the files there"
-                        if not download else "the download failed; check the network, or put "
-                        "the files there yourself")
-                raise DataError(f"{name.value}: no usable files in {folder.resolve()} "
-                                f"({str(error).splitlines()[0]}); {hint} "
-                                f"(data.root={root}).") from error
-            except OSError as error:  # e.g. no network while downloading
-                raise DataError(f"{name.value}: could not download into {folder.resolve()} "
-                                f"({error}); put the files there and set "
-                                f"data.download=false.") from error
+            except (RuntimeError, OSError, ValueError, EOFError) as error:
+                files = folder.resolve() / _FILES_FOLDER[name]
+                hint = ("downloading is off: add data.download=true to fetch them, or put "
+                        "them there and point data.root at the folder above" if not download
+                        else "downloading them failed (no network?); put them there yourself "
+                        "and set data.download=false")
+                raise DataError(f"{name.value}: no usable {split} files in {files} "
+                                f"(data.root={root}); {hint}.") from error
             # CIFAR-10 keeps HWC numpy arrays; MNIST-style sets keep [N, H, W] tensors.
             splits[split] = as_images(dataset.data, channels_last=name is
                                       TorchvisionName.cifar10)

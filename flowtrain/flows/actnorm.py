@@ -22,6 +22,8 @@ class ActNorm(Bijection):
         self.bias = nn.Parameter(torch.zeros(1, n_channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, n_channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(False))
+        # Python-side copy of the buffer, so the check costs no GPU sync on every step.
+        self._initialized_seen = False
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -38,9 +40,15 @@ class ActNorm(Bijection):
         self.log_scale.copy_(-torch.log(std + _STD_EPSILON).view_as(self.log_scale))
         self.initialized.fill_(True)
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._initialized_seen = False  # read the loaded buffer on the next forward
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not self.initialized:
-            self.initialize(x)
+        if self.training and not self._initialized_seen:
+            if not self.initialized:
+                self.initialize(x)
+            self._initialized_seen = True
         z = (x + self.bias) * torch.exp(self.log_scale)
         log_det = self.log_scale.sum() * (x.shape[2] * x.shape[3])
         return z, log_det.expand(x.shape[0])

@@ -7,6 +7,10 @@ couplings, ActNorm after every coupling, masks alternating; base N(0, I).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from torch import Tensor
+
 from flowtrain.errors import ConfigError
 from flowtrain.flows.actnorm import ActNorm
 from flowtrain.flows.base import Bijection, FlowModel, StandardNormal
@@ -14,14 +18,15 @@ from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask, check
 from flowtrain.flows.reshape import Squeeze, Unsqueeze
 
 
-def _couplings(make_mask, shape: tuple[int, int, int], count: int, n_filters: int,
+def _couplings(make_mask: Callable[[tuple[int, int, int], int], Tensor],
+               shape: tuple[int, int, int], count: int, n_filters: int,
                n_blocks: int) -> list[Bijection]:
     """``count`` couplings with alternating masks, each followed by ActNorm."""
     channels = shape[0]
     layers: list[Bijection] = []
     for index in range(count):
-        net = ResNet(channels, 2 * channels, n_filters, n_blocks)
-        layers += [AffineCoupling(make_mask(shape, index % 2), net), ActNorm(channels)]
+        coupling_net = ResNet(channels, 2 * channels, n_filters, n_blocks)
+        layers += [AffineCoupling(make_mask(shape, index % 2), coupling_net), ActNorm(channels)]
     return layers
 
 

@@ -117,18 +117,20 @@ def density_2d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
 
 
 def image_grid(images: torch.Tensor, levels: int) -> torch.Tensor:
-    """Integer images [N, C, H, W] in 0 .. levels-1 -> one [C, H', W'] grid in [0, 1].
+    """Integer images [N, C, H, W] in 0 .. levels-1 -> one [3, H', W'] grid in [0, 1].
 
     Images smaller than 32 pixels are enlarged (nearest neighbour) so TensorBoard shows
     8x8 digits at a size a person can read."""
     from torchvision.utils import make_grid
 
     scaled = images.float().cpu() / (levels - 1)
+    if scaled.shape[1] not in (1, 3):  # only gray and RGB are pictures; show channel 0
+        scaled = scaled[:, :1]
     factor = max(1, 32 // min(images.shape[-2:]))
     if factor > 1:
         scaled = scaled.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    rows = max(1, int(math.sqrt(len(images))))
-    return make_grid(scaled, nrow=rows, padding=1, pad_value=1.0)
+    per_row = max(1, int(math.sqrt(len(images))))
+    return make_grid(scaled, nrow=per_row, padding=1, pad_value=1.0)
 
 
 _IMAGE_GRID_SIZE = 64

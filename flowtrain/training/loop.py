@@ -74,6 +74,9 @@ def check_train_config(cfg: TrainConfig) -> None:
     for key in at_least_one:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1; got {getattr(cfg, key)}")
+    if cfg.sample_temperature <= 0:
+        raise ConfigError(f"train.sample_temperature must be positive; got "
+                          f"{cfg.sample_temperature}")
     if cfg.steps < 0 or cfg.grad_clip < 0:
         raise ConfigError("train.steps and train.grad_clip must not be negative "
                           "(train.grad_clip=0 turns clipping off)")
@@ -83,8 +86,10 @@ class Trainer:
     """Runs the loop and writes what every run leaves: tb/, checkpoints/, metrics.json."""
 
     def __init__(self, state: TrainingState, data: FlowData, cfg: TrainConfig,
-                 run_dir: Path, device: torch.device, seed: int):
+                 run_dir: Path, device: torch.device, seed: int, resume_command: str = ""):
         check_train_config(cfg)
+        self.resume_command = resume_command or (
+            f"flowtrain <this run's overrides> hydra.run.dir={run_dir} resume=true")
         self.state = state
         self.data = data
         self.cfg = cfg
@@ -101,10 +106,12 @@ class Trainer:
     def evaluate(self, points: torch.Tensor) -> float:
         """Mean NLL (nats per example) over ``points``, in evaluation batches."""
         self.state.model.eval()
+        # The same dequantization noise at every evaluation, drawn apart from training's.
+        generator = torch.Generator(self.device).manual_seed(self.seed)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in points.split(self.cfg.eval_batch_size):
             nll = negative_log_likelihood(self.state.model, self.state.preprocessing,
-                                          batch.to(self.device))
+                                          batch.to(self.device), generator=generator)
             total += nll.double().sum()
         self.state.model.train()
         return total.item() / len(points)
@@ -118,8 +125,7 @@ class Trainer:
         """n samples in data space at ``train.sample_temperature``, from a generator of their
         own so that drawing them does not move the training RNG (a resumed run must see the
         same random numbers)."""
-        generator_device = self.device if self.device.type == "cuda" else "cpu"
-        generator = torch.Generator(generator_device).manual_seed(self.seed + self.state.step)
+        generator = torch.Generator(self.device).manual_seed(self.seed + self.state.step)
         self.state.model.eval()
         samples = self.state.model.sample(n, temperature=self.cfg.sample_temperature,
                                           generator=generator)
@@ -204,9 +210,8 @@ class Trainer:
                         logger.flush()
                 if stop.requested is not None:
                     self.save("last.pt")
-                    log.warning("%s at step %d: saved checkpoints/last.pt. Continue with: "
-                                "flowtrain hydra.run.dir=%s resume=true", stop.requested,
-                                state.step, self.run_dir)
+                    log.warning("%s at step %d: saved checkpoints/last.pt. Continue with: %s",
+                                stop.requested, state.step, self.resume_command)
         finally:
             progress.close()
             logger.close()
@@ -221,7 +226,7 @@ class Trainer:
             raise NonFiniteError(
                 f"step {self.state.step}: the training loss is {train_nll}. The last "
                 f"checkpoint (checkpoints/last.pt) is kept; lower optim.lr or train.grad_clip "
-                f"and resume, or start again.")
+                f"and start again, or resume with: {self.resume_command}")
 
     def evaluate_and_keep_best(self, logger: RunLogger) -> None:
         test_nll = self.evaluate(self.data.test)
