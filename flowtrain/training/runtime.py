@@ -12,13 +12,14 @@ from flowtrain.errors import ConfigError
 
 
 def select_device(requested: Device | str) -> torch.device:
+    """device=auto: CUDA when PyTorch sees a GPU, else the CPU."""
     requested = Device(requested)
+    if requested is Device.auto:
+        requested = Device.cuda if torch.cuda.is_available() else Device.cpu
     if requested is Device.cuda and not torch.cuda.is_available():
         raise ConfigError("device=cuda was asked for, but PyTorch sees no CUDA GPU. "
-                           "Use device=auto (CUDA when present, else CPU) or device=cpu.")
-    if requested is Device.cpu or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
+                          "Use device=auto (CUDA when present, else CPU) or device=cpu.")
+    return torch.device(requested.value)
 
 
 def seed_everything(seed: int) -> None:
