@@ -69,6 +69,15 @@ class RealNVPConfig:
     checkerboard_out: int = 3
 
 
+@dataclass
+class PixelCNNFlowConfig:
+    _target_: str = "flowtrain.flows.pixelcnn.PixelCNNFlow"
+    n_components: int = 8
+    family: Family = Family.logistic
+    n_filters: int = 32
+    n_blocks: int = 3
+
+
 # --- data --------------------------------------------------------------------------------
 
 
@@ -206,7 +215,7 @@ class Config:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"mixture_cdf": MixtureCDFConfig, "arflow2d": ARFlowConfig,
-              "realnvp": RealNVPConfig},
+              "realnvp": RealNVPConfig, "pixelcnn_arflow": PixelCNNFlowConfig},
     "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig,
              "torchvision": TorchvisionConfig, "digits": DigitsConfig},
     "dequant": {"none": NoDequantConfig, "uniform": UniformDequantConfig,

@@ -10,6 +10,7 @@ from flowtrain.flows.autoregressive import AutoregressiveFlow
 from flowtrain.flows.base import FlowModel
 from flowtrain.flows.made import MADE
 from flowtrain.flows.mixture_cdf import MixtureCDFFlow
+from flowtrain.flows.pixelcnn import PixelCNN, PixelCNNFlow
 from flowtrain.flows.realnvp import RealNVP
 
 
@@ -37,6 +38,9 @@ FLOWS = {
     "realnvp-3x4x4": lambda: RealNVP((3, 4, 4), n_filters=4, n_blocks=1, checkerboard_in=2,
                                      channelwise=2, checkerboard_out=1),
     "realnvp-2x2x6": lambda: RealNVP((2, 2, 6), n_filters=3, n_blocks=0),
+    "pixelcnn-1x4x4": lambda: PixelCNNFlow((1, 4, 4), n_components=3, n_filters=6, n_blocks=1),
+    "pixelcnn-3x3x3-gaussian": lambda: PixelCNNFlow((3, 3, 3), n_components=2,
+                                                    family="gaussian", n_filters=6, n_blocks=2),
 }
 
 SAMPLERS_TO_COMPARE = {
@@ -203,3 +207,32 @@ def test_variable_order_travels_with_the_state_dict():
     fresh = AutoregressiveFlow((3,), n_components=2, hidden_features=8)
     fresh.load_state_dict(trained.state_dict())
     assert fresh.transforms[0].made.order == [2, 0, 1]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pixelcnn_parameters_depend_only_on_earlier_values(channels):
+    """Raster order, then channel order inside a pixel: the gradient of each value's
+    mixture parameters is exactly zero for inputs at or after it, and not for all before."""
+    net = PixelCNN(channels, outputs_per_value=2, n_filters=24, n_blocks=2)
+    _perturbed(net)
+    height, width = 4, 3
+    # a few inputs at once, so no dependence hides behind a ReLU that happens to be off
+    x = torch.randn(4, channels, height, width, requires_grad=True)
+    position = {(c, i, j): (i * width + j) * channels + c
+                for c in range(channels) for i in range(height) for j in range(width)}
+    for (c, i, j), rank in position.items():
+        (gradient,) = torch.autograd.grad(net(x)[:, c, i, j].sum(), x)
+        gradient = gradient.abs().sum(dim=0, keepdim=True)
+        later = [key for key, other in position.items() if other >= rank]
+        assert all(gradient[0][key] == 0 for key in later), (c, i, j)
+        if rank > 0:
+            assert gradient.abs().sum() > 0, (c, i, j)
+
+
+def test_pixelcnn_sees_the_previous_pixel_and_channel():
+    net = PixelCNN(3, outputs_per_value=1, n_filters=24, n_blocks=1)
+    _perturbed(net)
+    x = torch.randn(4, 3, 3, 3, requires_grad=True)
+    (gradient,) = torch.autograd.grad(net(x)[:, 2, 1, 1].sum(), x)
+    assert gradient[0, 0, 1, 1] != 0 and gradient[0, 1, 1, 1] != 0  # R and G of this pixel
+    assert gradient[0, 2, 1, 0] != 0  # B of the pixel to the left

@@ -108,16 +108,6 @@ def test_realnvp_trains_on_fake_mnist_files(tmp_path):
     assert _sample_images(tmp_path / "run")
 
 
-def test_realnvp_trains_on_fake_cifar10_files(tmp_path):
-    write_fake_cifar10(tmp_path / "data")
-    run_cli(*TINY_REALNVP, "data=cifar10", f"data.root={tmp_path / 'data'}",
-            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-            env={"PYTHONPATH": str(FAKE_SITE)})
-    metrics = read_metrics(tmp_path / "run")
-    assert metrics["steps"] == 6 and np.isfinite(metrics["test_bpd"])
-    assert _sample_images(tmp_path / "run")[-1].width == 32 * 8 + 9
-
-
 def test_missing_mnist_fails_before_training(tmp_path):
     result = run_cli(*TINY_REALNVP, "data=mnist", f"data.root={tmp_path / 'empty'}",
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
@@ -172,3 +162,28 @@ def test_resumed_image_run_matches_an_uninterrupted_one(tmp_path):
     whole, split = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "split")
     assert split["steps"] == whole["steps"] == 6
     assert split["test_nll"] == whole["test_nll"]
+
+
+TINY_PIXELCNN = ["model=pixelcnn_arflow", "model.n_filters=6", "model.n_blocks=1",
+                 "model.n_components=2", "train.steps=4", "train.batch_size=4",
+                 "train.eval_every=2", "train.sample_every=4", "train.checkpoint_every=2",
+                 "train.log_every=2", "train.eval_batch_size=64"]
+
+
+def test_pixelcnn_flow_trains_on_digits_end_to_end(tmp_path):
+    run_cli(*TINY_PIXELCNN, "data=digits", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    metrics = read_metrics(tmp_path)
+    assert metrics["steps"] == 4 and np.isfinite(metrics["test_bpd"])
+    assert _sample_images(tmp_path)[-1].step == 4
+
+
+@pytest.mark.parametrize("model", ["realnvp", "pixelcnn_arflow"])
+def test_image_flows_train_on_fake_cifar10_files(tmp_path, model):
+    overrides = {"realnvp": TINY_REALNVP, "pixelcnn_arflow": TINY_PIXELCNN}[model]
+    write_fake_cifar10(tmp_path / "data")
+    run_cli(*overrides, "data=cifar10", f"data.root={tmp_path / 'data'}",
+            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+            env={"PYTHONPATH": str(FAKE_SITE)})
+    metrics = read_metrics(tmp_path / "run")
+    assert np.isfinite(metrics["test_bpd"]) and metrics["steps"] > 0
+    assert _sample_images(tmp_path / "run")[-1].width == 32 * 8 + 9  # 8 colour samples a row

@@ -15,11 +15,12 @@ from torch import Tensor, nn
 from flowtrain.errors import ConfigError
 from flowtrain.flows.base import Bijection, FlowModel, UniformBase
 from flowtrain.flows.made import MADE
-from flowtrain.flows.mixture import Family, ScalarMixture, initial_mixture_parameters
-
-# Log-scales are squashed into (-bound, bound) (in standardized units) by bound * tanh(raw
-# / bound): a free network output can overflow exp() or collapse a component onto a point.
-LOG_SCALE_BOUND = 7.0
+from flowtrain.flows.mixture import (
+    Family,
+    ScalarMixture,
+    bounded_log_scale,
+    initial_mixture_parameters,
+)
 
 
 def check_order(order: list[int] | None, n_dims: int) -> list[int]:
@@ -55,8 +56,7 @@ class AutoregressiveMixtureCDF(Bijection):
 
     def mixture(self, x: Tensor) -> ScalarMixture:
         logits, loc, raw_log_scale = self.made(x).split(self.n_components, dim=-1)
-        log_scale = LOG_SCALE_BOUND * torch.tanh(raw_log_scale / LOG_SCALE_BOUND)
-        return ScalarMixture(logits, loc, log_scale, self.family)
+        return ScalarMixture(logits, loc, bounded_log_scale(raw_log_scale), self.family)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z, log_pdf = self.mixture(x).cdf_and_log_pdf(x)

@@ -64,6 +64,15 @@ def _component_sample(shape: torch.Size, family: Family, like: Tensor,
     return torch.logit(uniform.clamp_min(torch.finfo(like.dtype).tiny))
 
 
+# Network-given log-scales are squashed into (-bound, bound) by bound * tanh(raw / bound):
+# a free output can overflow exp() or collapse a component onto a point.
+LOG_SCALE_BOUND = 7.0
+
+
+def bounded_log_scale(raw: Tensor) -> Tensor:
+    return LOG_SCALE_BOUND * torch.tanh(raw / LOG_SCALE_BOUND)
+
+
 def initial_mixture_parameters(n_components: int) -> tuple[Tensor, Tensor, Tensor]:
     """Logits, locations and log-scales every mixture flow starts from: equal weights,
     locations spread over the range of standardized data, scales of 0.5."""
