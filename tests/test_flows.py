@@ -49,6 +49,8 @@ SAMPLERS_TO_COMPARE = {
     "arflow2d": lambda: AutoregressiveFlow((2,), n_components=4, hidden_features=16),
     "arflow-3d-permuted": lambda: AutoregressiveFlow((3,), n_components=3, hidden_features=8,
                                                      order=[2, 0, 1]),
+    "pixelcnn-3x2x2": lambda: PixelCNNFlow((3, 2, 2), n_components=3, n_filters=6,
+                                           n_blocks=1),
 }
 
 
@@ -119,6 +121,7 @@ def test_inversion_and_ancestral_samplers_agree(name):
     flow = _perturbed(SAMPLERS_TO_COMPARE[name](), seed=3)
     by_inversion = flow.sample(4000, generator=torch.Generator().manual_seed(10))
     ancestral = flow.sample_ancestral(4000, generator=torch.Generator().manual_seed(11))
+    by_inversion, ancestral = by_inversion.flatten(1), ancestral.flatten(1)
     projections = [by_inversion.sum(1)] + list(by_inversion.T)
     ancestral_projections = [ancestral.sum(1)] + list(ancestral.T)
     for ours, theirs in zip(projections, ancestral_projections, strict=True):
@@ -217,22 +220,39 @@ def test_pixelcnn_parameters_depend_only_on_earlier_values(channels):
     _perturbed(net)
     height, width = 4, 3
     # a few inputs at once, so no dependence hides behind a ReLU that happens to be off
-    x = torch.randn(4, channels, height, width, requires_grad=True)
+    x = torch.randn(4, channels, height, width, requires_grad=True,
+                    generator=torch.Generator().manual_seed(0))
     position = {(c, i, j): (i * width + j) * channels + c
                 for c in range(channels) for i in range(height) for j in range(width)}
+    by_rank = {rank: key for key, rank in position.items()}
     for (c, i, j), rank in position.items():
         (gradient,) = torch.autograd.grad(net(x)[:, c, i, j].sum(), x)
-        gradient = gradient.abs().sum(dim=0, keepdim=True)
+        gradient = gradient.abs().sum(dim=0)
         later = [key for key, other in position.items() if other >= rank]
-        assert all(gradient[0][key] == 0 for key in later), (c, i, j)
-        if rank > 0:
-            assert gradient.abs().sum() > 0, (c, i, j)
+        assert all(gradient[key] == 0 for key in later), (c, i, j)
+        if rank > 0:  # the value just before it in the order is always seen
+            assert gradient[by_rank[rank - 1]] > 0, (c, i, j)
+        if i > 0:  # and so is the pixel above
+            assert gradient[:, i - 1, j].sum() > 0, (c, i, j)
 
 
 def test_pixelcnn_sees_the_previous_pixel_and_channel():
     net = PixelCNN(3, outputs_per_value=1, n_filters=24, n_blocks=1)
     _perturbed(net)
-    x = torch.randn(4, 3, 3, 3, requires_grad=True)
+    x = torch.randn(4, 3, 3, 3, requires_grad=True, generator=torch.Generator().manual_seed(0))
     (gradient,) = torch.autograd.grad(net(x)[:, 2, 1, 1].sum(), x)
     assert gradient[0, 0, 1, 1] != 0 and gradient[0, 1, 1, 1] != 0  # R and G of this pixel
     assert gradient[0, 2, 1, 0] != 0  # B of the pixel to the left
+
+
+def test_pixelcnn_refuses_fewer_filters_than_colours():
+    with pytest.raises(ConfigError, match=r"n_filters \(2\) at least the number of channels"):
+        PixelCNNFlow((3, 4, 4), n_filters=2)
+
+
+def test_pixelcnn_flow_starts_as_one_unconditional_mixture():
+    flow = PixelCNNFlow((3, 4, 4), n_components=4, n_filters=6, n_blocks=1)
+    mixture = flow.transforms[0].mixture(torch.randn(2, 3, 4, 4))
+    for parameter in (mixture.logits, mixture.loc, mixture.log_scale):
+        flat = parameter.reshape(-1, parameter.shape[-1])
+        assert torch.allclose(flat, flat[:1].expand_as(flat))

@@ -43,6 +43,8 @@ def pixelcnn_mask(out_channels: int, in_channels: int, kernel_size: int, n_colou
 
 
 class MaskedConv2d(nn.Conv2d):
+    """A convolution whose kernel is multiplied by a fixed causal mask (a buffer)."""
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_colours: int,
                  include_centre: bool):
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
@@ -54,6 +56,9 @@ class MaskedConv2d(nn.Conv2d):
 
 
 class MaskedResidualBlock(nn.Module):
+    """x + f(x) with type-B masked convolutions: channel k adds to channel k, so every
+    channel keeps its colour group."""
+
     def __init__(self, n_filters: int, n_colours: int):
         super().__init__()
         self.body = nn.Sequential(
@@ -145,10 +150,12 @@ class PixelCNNFlow(FlowModel):
         if len(event_shape) != 3:
             raise ConfigError(f"model=pixelcnn_arflow takes images [N, C, H, W]; got data of "
                               f"shape [N, {', '.join(map(str, event_shape))}]")
-        if n_components < 1 or n_filters < 1 or n_blocks < 0:
-            raise ConfigError(f"model.n_components ({n_components}) and model.n_filters "
-                              f"({n_filters}) must be at least 1, model.n_blocks ({n_blocks}) "
-                              f"at least 0")
+        if n_components < 1 or n_filters < event_shape[0] or n_blocks < 0:
+            # With fewer filters than colours some colour group has no hidden channel, and
+            # the colours after it would silently lose sight of their own pixel.
+            raise ConfigError(f"model.n_components ({n_components}) must be at least 1, "
+                              f"model.n_filters ({n_filters}) at least the number of channels "
+                              f"({event_shape[0]}), model.n_blocks ({n_blocks}) at least 0")
         transform = PixelCNNMixtureCDF(event_shape[0], n_components, family, n_filters,
                                        n_blocks)
         super().__init__([transform], UniformBase(tuple(event_shape)))
