@@ -126,18 +126,21 @@ class ScalarMixture:
     def inverse_cdf(self, z: Tensor, tol: float = 1e-6, max_iter: int = 200) -> Tensor:
         """x with F(x) = z, by bisection on a bracket wide enough to hold every component.
 
-        All elements are bisected together for a fixed number of halvings, computed once
-        from the widest bracket, so there is no per-iteration host sync.
+        ``tol`` is in units of the narrowest component's scale (so z is accurate to about
+        tol too, however sharp the density). All elements are bisected together for a
+        fixed number of halvings, computed once from the widest bracket, so there is no
+        per-iteration host sync.
         """
         tiny = torch.finfo(z.dtype).eps
         z = z.clamp(tiny, 1.0 - tiny)  # F(x) = 0 or 1 exactly has no finite solution
         scale = self.log_scale.exp()
         lower = (self.loc - _TAIL_SCALES * scale).amin(dim=-1).expand_as(z).clone()
         upper = (self.loc + _TAIL_SCALES * scale).amax(dim=-1).expand_as(z).clone()
-        width = (upper - lower).max().item()
+        width, narrowest = torch.stack([(upper - lower).max(), scale.min()]).tolist()
         if not math.isfinite(width):
             raise NonFiniteError("mixture parameters are not finite; cannot invert the CDF")
-        n_iter = min(max_iter, max(1, math.ceil(math.log2(max(width, tol) / tol))))
+        step = tol * min(1.0, narrowest)
+        n_iter = min(max_iter, max(1, math.ceil(math.log2(max(width, step) / step))))
         for _ in range(n_iter):
             middle = 0.5 * (lower + upper)
             below = self.cdf(middle) < z
