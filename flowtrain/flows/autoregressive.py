@@ -7,20 +7,16 @@ whose parameters a network computes from x1. A MADE gives all D conditionals in 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowtrain.errors import ConfigError
-from flowtrain.flows.base import Bijection, FlowModel, UniformBase
+from flowtrain.flows.base import FlowModel, UniformBase
+from flowtrain.flows.causal import CausalMixtureCDF, Index
 from flowtrain.flows.made import MADE
-from flowtrain.flows.mixture import (
-    Family,
-    ScalarMixture,
-    bounded_log_scale,
-    initial_mixture_parameters,
-)
+from flowtrain.flows.mixture import Family
 
 
 def check_order(order: list[int] | None, n_dims: int) -> list[int]:
@@ -34,54 +30,26 @@ def check_order(order: list[int] | None, n_dims: int) -> list[int]:
     return order
 
 
-class AutoregressiveMixtureCDF(Bijection):
-    """z_i = F_i(x_i; theta_i(x_<i)); log|det| = sum_i log f_i(x_i | x_<i) (triangular)."""
+class AutoregressiveMixtureCDF(CausalMixtureCDF):
+    """z_i = F_i(x_i; theta_i(x_<i)) for points, theta from a MADE."""
 
     def __init__(self, n_dims: int, n_components: int, family: Family | str,
                  hidden_features: int, hidden_layers: int, order: list[int]):
-        super().__init__()
         if n_components < 1 or hidden_features < 1 or hidden_layers < 0:
             raise ConfigError(f"model.n_components ({n_components}) and model.hidden_features "
                               f"({hidden_features}) must be at least 1, model.hidden_layers "
                               f"({hidden_layers}) at least 0")
-        self.family = Family(family)
-        self.n_components = n_components
+        super().__init__(n_components, family)
         self.made = MADE(n_dims, 3 * n_components, hidden_features, hidden_layers, order)
-        # Start as the same unconditional mixture per dimension as the 1-D flow: the output
-        # weights are zero, so the biases alone give the initial parameters.
-        nn.init.zeros_(self.made.output.weight)
-        with torch.no_grad():
-            self.made.output.bias.copy_(
-                torch.cat(initial_mixture_parameters(n_components)).repeat(n_dims))
+        # MADE's output unit d * 3K + p is parameter p of dimension d.
+        self.start_unconditional(self.made.output, lambda initial: initial.repeat(n_dims))
 
-    def mixture(self, x: Tensor) -> ScalarMixture:
-        logits, loc, raw_log_scale = self.made(x).split(self.n_components, dim=-1)
-        return ScalarMixture(logits, loc, bounded_log_scale(raw_log_scale), self.family)
+    def mixture_parameters(self, x: Tensor) -> Tensor:
+        return self.made(x)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z, log_pdf = self.mixture(x).cdf_and_log_pdf(x)
-        return z, log_pdf.sum(dim=1)
-
-    def inverse(self, z: Tensor) -> Tensor:
-        """One network pass per dimension, in order: x_i needs x_<i."""
-        return self._fill_in_order(torch.zeros_like(z),
-                                   lambda mixture, dim: mixture.inverse_cdf(z[:, dim]))
-
-    def sample_ancestral(self, n: int, like: Tensor, generator: torch.Generator | None
-                         ) -> Tensor:
-        return self._fill_in_order(like.new_zeros(n, self.made.n_dims),
-                                   lambda mixture, dim: mixture.sample(generator=generator))
-
-    @torch.no_grad()
-    def _fill_in_order(self, x: Tensor,
-                       solve: Callable[[ScalarMixture, int], Tensor]) -> Tensor:
-        """Fill the zeros ``x`` dimension by dimension: x_i = solve(p(x_i | x_<i), i)."""
+    def fill_order(self, shape: torch.Size) -> Iterator[tuple[Index, Index]]:
         for dim in self.made.order:
-            full = self.mixture(x)
-            mixture = ScalarMixture(full.logits[:, dim], full.loc[:, dim],
-                                    full.log_scale[:, dim], self.family)
-            x[:, dim] = solve(mixture, dim)
-        return x
+            yield (slice(None), dim), (slice(None),)
 
 
 class AutoregressiveFlow(FlowModel):
@@ -101,5 +69,5 @@ class AutoregressiveFlow(FlowModel):
     @torch.no_grad()
     def sample_ancestral(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """x_1 from its mixture, then each next x_i from its mixture given the ones before."""
-        like = next(self.parameters())
-        return self.transforms[0].sample_ancestral(n, like, generator)
+        return self.transforms[0].sample_ancestral((n, *self.event_shape),
+                                                   next(self.parameters()), generator)

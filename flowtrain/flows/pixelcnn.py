@@ -8,20 +8,16 @@ type-B masked convolutions, 1x1 output layers. Channels are ordered inside each 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowtrain.errors import ConfigError
-from flowtrain.flows.base import Bijection, FlowModel, UniformBase
-from flowtrain.flows.mixture import (
-    Family,
-    ScalarMixture,
-    bounded_log_scale,
-    initial_mixture_parameters,
-)
+from flowtrain.flows.base import FlowModel, UniformBase
+from flowtrain.flows.causal import CausalMixtureCDF, Index
+from flowtrain.flows.mixture import Family
 
 
 def pixelcnn_mask(out_channels: int, in_channels: int, kernel_size: int, n_colours: int,
@@ -93,52 +89,29 @@ class PixelCNN(nn.Module):
         return out.permute(0, 2, 3, 4, 1)
 
 
-class PixelCNNMixtureCDF(Bijection):
-    """z = F(x_i; theta_i(x_<i)) for every value; log|det| = sum log f (triangular)."""
+class PixelCNNMixtureCDF(CausalMixtureCDF):
+    """z = F(x_i; theta_i(x_<i)) for every value of an image, theta from a masked PixelCNN."""
 
     def __init__(self, n_colours: int, n_components: int, family: Family | str,
                  n_filters: int, n_blocks: int):
-        super().__init__()
-        self.family = Family(family)
-        self.n_components = n_components
+        super().__init__(n_components, family)
         self.net = PixelCNN(n_colours, 3 * n_components, n_filters, n_blocks)
-        # Start as one unconditional mixture for every value: zero output weights.
-        nn.init.zeros_(self.net.output.weight)
-        with torch.no_grad():
-            initial = torch.cat(initial_mixture_parameters(n_components))
-            self.net.output.bias.copy_(initial.repeat_interleave(n_colours))
+        # The PixelCNN's output channel p * C + c is parameter p of colour c.
+        self.start_unconditional(self.net.output,
+                                 lambda initial: initial.repeat_interleave(n_colours))
 
-    def mixture(self, x: Tensor) -> ScalarMixture:
-        logits, loc, raw_log_scale = self.net(x).split(self.n_components, dim=-1)
-        return ScalarMixture(logits, loc, bounded_log_scale(raw_log_scale), self.family)
+    def mixture_parameters(self, x: Tensor) -> Tensor:
+        return self.net(x)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z, log_pdf = self.mixture(x).cdf_and_log_pdf(x)
-        return z, log_pdf.flatten(1).sum(dim=1)
-
-    def inverse(self, z: Tensor) -> Tensor:
-        """Pixel by pixel, channel by channel, the whole batch at once: x_i needs x_<i."""
-        return self._fill_in_order(torch.zeros_like(z),
-                                   lambda mixture, c, i, j: mixture.inverse_cdf(z[:, c, i, j]))
-
-    def sample_ancestral(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self._fill_in_order(x, lambda mixture, c, i, j: mixture.sample(generator))
-
-    @torch.no_grad()
-    def _fill_in_order(self, x: Tensor,
-                       solve: Callable[[ScalarMixture, int, int, int], Tensor]) -> Tensor:
-        """One network pass per value, on rows 0..i only: masked convolutions never look
-        below the current row, so the rows under it cannot change its parameters."""
-        _, channels, height, width = x.shape
+    def fill_order(self, shape: torch.Size) -> Iterator[tuple[Index, Index]]:
+        """Raster order, then channel order; the network sees rows 0..i only: masked
+        convolutions never look below the current row, so the rows under it cannot change
+        its parameters (and skipping them halves the work on average)."""
+        _, channels, height, width = shape
         for i in range(height):
             for j in range(width):
                 for c in range(channels):
-                    full = self.mixture(x[:, :, :i + 1])
-                    at = (slice(None), c, i, j)
-                    mixture = ScalarMixture(full.logits[at], full.loc[at],
-                                            full.log_scale[at], self.family)
-                    x[:, c, i, j] = solve(mixture, c, i, j)
-        return x
+                    yield (slice(None), c, i, j), (slice(None), slice(None), slice(0, i + 1))
 
 
 class PixelCNNFlow(FlowModel):
@@ -162,6 +135,5 @@ class PixelCNNFlow(FlowModel):
 
     @torch.no_grad()
     def sample_ancestral(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        like = next(self.parameters())
-        return self.transforms[0].sample_ancestral(like.new_zeros(n, *self.event_shape),
-                                                   generator)
+        return self.transforms[0].sample_ancestral((n, *self.event_shape),
+                                                   next(self.parameters()), generator)
