@@ -41,11 +41,17 @@ def sample_plain(transform: PixelCNNMixtureCDF, z: torch.Tensor) -> torch.Tensor
     return x
 
 
-def timed(function) -> tuple[float, torch.Tensor]:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Wall time of ``function()``, with the device idle before and after it."""
+    synchronize(device)
     started = time.perf_counter()
     result = function()
-    if result.is_cuda:
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - started, result
 
 
@@ -53,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--network", default="gated", choices=["gated", "plain"])
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -61,23 +68,27 @@ def main() -> None:
     rows = []
     for shape in [(1, 28, 28), (3, 32, 32)]:
         torch.manual_seed(0)
-        model = PixelCNNFlow(shape).to(device).eval()
+        model = PixelCNNFlow(shape, network=args.network).to(device).eval()
         z = torch.rand((args.n, *shape), device=device,
                        generator=torch.Generator(device).manual_seed(0))
-        ours, x = timed(lambda model=model, z=z: model.inverse(z))
-        plain, x_plain = timed(lambda model=model, z=z: sample_plain(model.transforms[0], z))
+        with torch.no_grad():  # warm-up: kernels chosen, memory allocated, before the clock
+            model.transforms[0].mixture(z)
+        ours, x = timed(lambda model=model, z=z: model.inverse(z), device)
+        plain, x_plain = timed(lambda model=model, z=z: sample_plain(model.transforms[0], z),
+                               device)
         assert torch.allclose(x, x_plain, atol=1e-5), "the two samplers disagree"
-        rows.append({"shape": "x".join(map(str, shape)), "n": args.n,
+        rows.append({"shape": "x".join(map(str, shape)), "network": args.network, "n": args.n,
                      "network_passes": shape[0] * shape[1] * shape[2],
                      "seconds": round(ours, 2), "plain_seconds": round(plain, 2),
                      "speedup": round(plain / ours, 2), "device": name,
                      "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
         print(json.dumps(rows[-1]))
     if args.write_readme:
-        table = [BEGIN, "| image | samples | network passes | flowtrain (s) | plain baseline (s) "
-                 "| speed-up | device | torch | date |", "| --- | --- | --- | --- | --- | --- "
-                 "| --- | --- | --- |"]
-        table += [f"| {r['shape']} | {r['n']} | {r['network_passes']} | {r['seconds']} | "
+        table = [BEGIN, "| image | network | samples | network passes | flowtrain (s) | "
+                 "plain baseline (s) | speed-up | device | torch | date |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        table += [f"| {r['shape']} | {r['network']} | {r['n']} | {r['network_passes']} | "
+                  f"{r['seconds']} | "
                   f"{r['plain_seconds']} | {r['speedup']}x | {r['device']} | {r['torch']} | "
                   f"{r['date']} |" for r in rows]
         table.append(END)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
+from torch import nn
 
 from flowtrain.errors import ConfigError
 from flowtrain.flows.autoregressive import AutoregressiveFlow
 from flowtrain.flows.base import FlowModel
+from flowtrain.flows.gated_pixelcnn import GatedPixelCNN
 from flowtrain.flows.made import MADE
 from flowtrain.flows.mixture_cdf import MixtureCDFFlow
 from flowtrain.flows.pixelcnn import PixelCNN, PixelCNNFlow
@@ -41,6 +45,10 @@ FLOWS = {
     "pixelcnn-1x4x4": lambda: PixelCNNFlow((1, 4, 4), n_components=3, n_filters=6, n_blocks=1),
     "pixelcnn-3x3x3-gaussian": lambda: PixelCNNFlow((3, 3, 3), n_components=2,
                                                     family="gaussian", n_filters=6, n_blocks=2),
+    "pixelcnn-plain-3x3x3": lambda: PixelCNNFlow((3, 3, 3), n_components=2, n_filters=6,
+                                                 n_blocks=1, network="plain"),
+    "pixelcnn-no-blocks-1x3x3": lambda: PixelCNNFlow((1, 3, 3), n_components=2, n_filters=4,
+                                                     n_blocks=0),
 }
 
 SAMPLERS_TO_COMPARE = {
@@ -51,6 +59,8 @@ SAMPLERS_TO_COMPARE = {
                                                      order=[2, 0, 1]),
     "pixelcnn-3x2x2": lambda: PixelCNNFlow((3, 2, 2), n_components=3, n_filters=6,
                                            n_blocks=1),
+    "pixelcnn-plain-3x2x2": lambda: PixelCNNFlow((3, 2, 2), n_components=3, n_filters=6,
+                                                 n_blocks=1, network="plain"),
 }
 
 
@@ -213,32 +223,55 @@ def test_variable_order_travels_with_the_state_dict():
     assert fresh.transforms[0].made.order == [2, 0, 1]
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_pixelcnn_parameters_depend_only_on_earlier_values(channels):
-    """Raster order, then channel order inside a pixel: the gradient of each value's
-    mixture parameters is exactly zero for inputs at or after it, and not for all before."""
-    net = PixelCNN(channels, outputs_per_value=2, n_filters=24, n_blocks=2)
+def _dependencies(net: nn.Module, channels: int, height: int,
+                  width: int) -> Iterator[tuple[tuple[int, int, int], list, list]]:
+    """For every value (c, i, j): the values at or after it and the values before it in
+    raster-then-channel order, each with the summed |gradient| of its mixture parameters."""
     _perturbed(net)
-    height, width = 4, 3
-    # a few inputs at once, so no dependence hides behind a ReLU that happens to be off
+    # a few inputs at once, so no dependence hides behind a unit that happens to be off
     x = torch.randn(4, channels, height, width, requires_grad=True,
                     generator=torch.Generator().manual_seed(0))
-    position = {(c, i, j): (i * width + j) * channels + c
-                for c in range(channels) for i in range(height) for j in range(width)}
-    by_rank = {rank: key for key, rank in position.items()}
-    for (c, i, j), rank in position.items():
-        (gradient,) = torch.autograd.grad(net(x)[:, c, i, j].sum(), x)
+    rank = {(c, i, j): (i * width + j) * channels + c
+            for c in range(channels) for i in range(height) for j in range(width)}
+    for value, own in rank.items():
+        (gradient,) = torch.autograd.grad(net(x)[(slice(None), *value)].sum(), x)
         gradient = gradient.abs().sum(dim=0)
-        later = [key for key, other in position.items() if other >= rank]
-        assert all(gradient[key] == 0 for key in later), (c, i, j)
-        if rank > 0:  # the value just before it in the order is always seen
-            assert gradient[by_rank[rank - 1]] > 0, (c, i, j)
-        if i > 0:  # and so is the pixel above
-            assert gradient[:, i - 1, j].sum() > 0, (c, i, j)
+        yield (value, [gradient[other] for other, r in rank.items() if r >= own],
+               [gradient[other] for other, r in sorted(rank.items(), key=lambda kv: kv[1])
+                if r < own])
 
 
-def test_pixelcnn_sees_the_previous_pixel_and_channel():
-    net = PixelCNN(3, outputs_per_value=1, n_filters=24, n_blocks=1)
+@pytest.mark.parametrize("network", [PixelCNN, GatedPixelCNN])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pixelcnn_parameters_depend_only_on_earlier_values(network, channels):
+    """Raster order, then channel order inside a pixel: the gradient of each value's
+    mixture parameters is exactly zero for inputs at or after it, and not for all before."""
+    net = network(channels, outputs_per_value=2, n_filters=24, n_blocks=2)
+    for value, later, earlier in _dependencies(net, channels, height=4, width=3):
+        assert all(gradient == 0 for gradient in later), value
+        if earlier:  # the value just before it in the order is always seen
+            assert earlier[-1] > 0, value
+        if len(earlier) >= 3 * channels:  # and so is the pixel above (width 3)
+            assert earlier[-3 * channels] > 0, value
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_gated_pixelcnn_has_no_blind_spot(channels):
+    """Once the receptive field spans the image, every earlier value is seen by the gated
+    network; the plain masked stack of the same depth misses the ones up and to the
+    right (its blind spot)."""
+    def unseen(network: type[nn.Module]) -> int:
+        net = network(channels, outputs_per_value=2, n_filters=24, n_blocks=4)
+        return sum(int(gradient == 0) for _, _, earlier in _dependencies(net, channels, 3, 8)
+                   for gradient in earlier)
+
+    assert unseen(GatedPixelCNN) == 0
+    assert unseen(PixelCNN) > 0
+
+
+@pytest.mark.parametrize("network", [PixelCNN, GatedPixelCNN])
+def test_pixelcnn_sees_the_previous_pixel_and_channel(network):
+    net = network(3, outputs_per_value=1, n_filters=24, n_blocks=1)
     _perturbed(net)
     x = torch.randn(4, 3, 3, 3, requires_grad=True, generator=torch.Generator().manual_seed(0))
     (gradient,) = torch.autograd.grad(net(x)[:, 2, 1, 1].sum(), x)

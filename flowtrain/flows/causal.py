@@ -52,7 +52,9 @@ class CausalMixtureCDF(Bijection):
                 layout(torch.cat(initial_mixture_parameters(self.n_components))))
 
     def mixture(self, x: Tensor) -> ScalarMixture:
-        logits, loc, raw_log_scale = self.mixture_parameters(x).split(self.n_components, -1)
+        # float32 (or the input's dtype): under bf16 autocast only the network runs in bf16.
+        parameters = self.mixture_parameters(x).to(x.dtype)
+        logits, loc, raw_log_scale = parameters.split(self.n_components, -1)
         return ScalarMixture(logits, loc, bounded_log_scale(raw_log_scale), self.family)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

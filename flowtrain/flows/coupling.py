@@ -75,7 +75,10 @@ class AffineCoupling(Bijection):
         self.shift = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def _scale_and_translation(self, x_kept: Tensor) -> tuple[Tensor, Tensor]:
-        raw_log_scale, translation = self.coupling_net(x_kept).chunk(2, dim=1)
+        # Back to the input's dtype: under bf16 autocast only the network runs in bf16,
+        # never the transform or its log-det.
+        raw_log_scale, translation = (self.coupling_net(x_kept).to(x_kept.dtype)
+                                      .chunk(2, dim=1))
         log_scale = self.scale * torch.tanh(raw_log_scale) + self.shift
         free = 1.0 - self.mask
         return log_scale * free, translation * free

@@ -1,0 +1,55 @@
+"""What the gallery scripts share: train through the real CLI, read back what a run wrote."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def train(run_dir: Path, overrides: list[str]) -> dict:
+    """Run ``flowtrain`` with these overrides into run_dir; its metrics.json, or exit with
+    the run's output when it fails."""
+    result = subprocess.run([sys.executable, "-m", "flowtrain", f"hydra.run.dir={run_dir}",
+                             *overrides], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"flowtrain {' '.join(overrides)} failed:\n{result.stdout}\n{result.stderr}")
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def setup_line(overrides: list[str]) -> str:
+    """Where the numbers of a results table came from."""
+    return (f"Device: CPU ({os.cpu_count()} cores), torch {torch.__version__}. "
+            f"Overrides: {overrides or 'none'}.")
+
+
+def save_panels(images: list[np.ndarray], titles: list[str], path: Path, *, across: bool,
+                panel_size: tuple[float, float], dpi: int, **title_style) -> None:
+    """One picture of the panels side by side (``across``) or stacked, each titled."""
+    import matplotlib.pyplot as plt
+
+    shape = (1, len(images)) if across else (len(images), 1)
+    width, height = panel_size
+    figure, axes = plt.subplots(*shape, figsize=(width * shape[1], height * shape[0]))
+    for axis, image, title in zip(axes, images, titles, strict=True):
+        axis.imshow(image)
+        axis.set_axis_off()
+        axis.set_title(title, **title_style)
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+
+
+def last_image(run_dir: Path, tag: str) -> np.ndarray:
+    """The last picture a run logged under this TensorBoard tag."""
+    accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
+    accumulator.Reload()
+    return mpimg.imread(io.BytesIO(accumulator.Images(tag)[-1].encoded_image_string))
