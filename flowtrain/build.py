@@ -17,6 +17,7 @@ from flowtrain.flows.base import FlowModel
 from flowtrain.likelihood import Preprocessing
 from flowtrain.training.batches import BatchStream
 from flowtrain.training.checkpoint import check_state_dict_matches, load_checkpoint
+from flowtrain.training.distributed import Ranks
 from flowtrain.training.loop import Trainer, TrainingState
 from flowtrain.training.optim import build_optimizer, build_scheduler
 from flowtrain.training.runtime import seed_everything, select_device
@@ -33,10 +34,18 @@ def resume_path(resume: object, run_dir: Path) -> Path | None:
     return Path(str(resume)).expanduser()
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "") -> Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
+                  ranks: Ranks | None = None) -> Trainer:
+    ranks = ranks or Ranks()
+    # The same seed on every rank: identical initial weights and one global batch order.
     seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    data: FlowData = instantiate(cfg.data)
+    device = ranks.device(select_device(cfg.device))
+    ranks.start(device)
+    ranks.check_same(str(run_dir), "run folder",
+                     "pin hydra.run.dir=..., or start torchrun with --standalone or "
+                     "--rdzv-id so that all ranks share outputs/torchrun/ID.")
+    with ranks.main_first():  # one download, not one per rank
+        data: FlowData = instantiate(cfg.data)
     model: FlowModel = instantiate(cfg.model, event_shape=data.event_shape).to(device)
     dequantizer = instantiate(cfg.dequant, levels=data.levels)
     preprocessing = Preprocessing.for_data(dequantizer, data).to(device)
@@ -55,7 +64,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "") -> T
         restore(state, checkpoint)
         log.info("resumed from %s at step %d", checkpoint, state.step)
     return Trainer(state, data, cfg.train, run_dir, device, seed=cfg.seed,
-                   resume_command=resume_command)
+                   resume_command=resume_command, ranks=ranks)
 
 
 # A checkpoint continues only the run it came from: these groups must match exactly,

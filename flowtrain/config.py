@@ -7,6 +7,8 @@ wrong type fails while Hydra composes the config, before any training.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -18,6 +20,7 @@ from omegaconf import MISSING, OmegaConf
 from flowtrain.data.images import TorchvisionName
 from flowtrain.data.toy2d import Toy2DName
 from flowtrain.flows.mixture import Family
+from flowtrain.flows.pixelcnn import Network
 
 
 def config_dir() -> Path:
@@ -32,6 +35,11 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast: networks in bfloat16; transforms, log-dets and the loss in fp32
 
 
 class Schedule(str, Enum):
@@ -76,6 +84,7 @@ class PixelCNNFlowConfig:
     family: Family = Family.logistic
     n_filters: int = 32
     n_blocks: int = 3
+    network: Network = Network.gated
 
 
 # --- data --------------------------------------------------------------------------------
@@ -195,8 +204,13 @@ class TrainConfig:
     log_every: int = 50
     grad_clip: float = 10.0  # max global gradient norm; 0 turns clipping off
     eval_batch_size: int = 1024
-    n_samples: int = 4096  # drawn for each point figure; image grids show 64
+    n_samples: int = 4096  # drawn for each point figure; image grids show at most 64
     sample_temperature: float = 1.0  # base samples scaled by this (Gaussian bases)
+    # A step whose loss or gradient norm is NaN or infinite is skipped (no update) and
+    # counted; this many in a row stop the run.
+    max_nonfinite: int = 20
+    precision: Precision = Precision.fp32
+    compile: bool = False  # torch.compile the model's forward (the first steps compile it)
 
 
 @dataclass
@@ -208,6 +222,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     device: Device = Device.auto
+    # CPU threads for torch. null: torch's default, or, under the joblib launcher, the
+    # cores shared out between its parallel jobs so they don't oversubscribe the machine.
+    threads: int | None = None
     # false: a fresh run; true: continue from this run folder's checkpoints/last.pt;
     # a path: continue from that checkpoint.
     resume: Any = False
@@ -239,6 +256,23 @@ def config_group_options() -> str:
     return "\n".join(lines)
 
 
+def folder_name(overrides: str, max_length: int = 200) -> str:
+    """A sweep sub-folder name from Hydra's ``override_dirname`` ("model=glow,optim.lr=0.001"):
+    path separators and other characters a folder name should not hold become "_", and a
+    very long name is cut (the job number in front keeps it unique)."""
+    safe = re.sub(r"[^A-Za-z0-9=.,+\-_]", "_", overrides)
+    return (safe[:max_length] or "defaults")
+
+
+def run_folder(timestamped: str) -> str:
+    """The run folder under ``outputs/``: its timestamp, except under torchrun, where every
+    rank composes the config at its own moment; there all ranks share the rendezvous id."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")  # "none": no shared id
+    if run_id != "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"torchrun/{folder_name(run_id)}"
+    return timestamped
+
+
 def register_configs() -> None:
     """Put every schema in the ConfigStore (idempotent) and the help resolver in OmegaConf."""
     store = ConfigStore.instance()
@@ -249,3 +283,5 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver(
         "flowtrain_groups", config_group_options, replace=True, use_cache=False
     )
+    OmegaConf.register_new_resolver("flowtrain_folder_name", folder_name, replace=True)
+    OmegaConf.register_new_resolver("flowtrain_run_folder", run_folder, replace=True)

@@ -71,10 +71,17 @@ class Preprocessing(nn.Module):
 
 
 def negative_log_likelihood(model: FlowModel, preprocessing: Preprocessing, x: Tensor,
-                            generator: torch.Generator | None = None) -> Tensor:
+                            generator: torch.Generator | None = None,
+                            keep: slice | None = None) -> Tensor:
     """-log p(x) in nats per example, in data units: -(log p_model(y) + log|dy/dx|).
-    For discrete data it is the dequantization bound, with noise from ``generator``."""
+    For discrete data it is the dequantization bound, with noise from ``generator``.
+
+    ``keep``: only x[keep] goes through the model, but the whole batch is preprocessed, so
+    under torchrun every rank draws the noise one process would draw for the global batch
+    and keeps its own slice of it."""
     y, log_det = preprocessing(x, generator=generator)
+    if keep is not None:
+        y, log_det = y[keep], log_det[keep]
     return -(model.log_prob(y) + log_det)
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shlex
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from flowtrain.config import config_dir, register_configs
-from flowtrain.errors import user_error_in
+from flowtrain.errors import ConfigError, user_error_in
 
 log = logging.getLogger("flowtrain")
 
@@ -46,13 +48,34 @@ def resume_command(task_overrides: list[str], run_dir: Path) -> str:
 
 
 def train(cfg: DictConfig) -> float:
-    from flowtrain.build import build_trainer  # heavy imports after Hydra has parsed argv
+    import torch  # heavy imports after Hydra has parsed argv
+
+    from flowtrain.build import build_trainer
+    from flowtrain.training.distributed import Ranks, leave_process_group
+    from flowtrain.training.runtime import cpu_threads
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
-    trainer = build_trainer(cfg, run_dir, resume_command(hydra_config.overrides.task, run_dir))
-    log.info("run folder: %s", run_dir)
-    metrics = trainer.run()
+    threads = cpu_threads(cfg.threads, hydra_config.launcher)
+    if threads is not None:
+        torch.set_num_threads(threads)
+        log.info("torch uses %d CPU thread(s)", threads)
+    ranks = Ranks.from_environment()
+    if ranks.distributed and hydra_config.mode == RunMode.MULTIRUN:
+        raise ConfigError("-m (a sweep) and torchrun do not mix: every process would run "
+                          "the whole sweep. Start one torchrun job per sweep point.")
+    if not ranks.is_main:  # rank 0 speaks for the run; the others only warn
+        logging.getLogger("flowtrain").setLevel(logging.WARNING)
+    try:
+        trainer = build_trainer(cfg, run_dir,
+                                resume_command(hydra_config.overrides.task, run_dir), ranks)
+        log.info("run folder: %s%s", run_dir,
+                 f" ({ranks.world_size} processes)" if ranks.distributed else "")
+        metrics = trainer.run()
+    finally:
+        leave_process_group()
+    if not ranks.is_main:
+        return math.nan
     log.info("done: %s", json.dumps(metrics))
     log.info("test: %.4f bits/dim (%.4f nats per example; best %.4f bits/dim) after %d steps; "
              "metrics.json, checkpoints/ and tb/ are in %s", metrics["test_bpd"],

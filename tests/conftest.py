@@ -49,3 +49,11 @@ def read_metrics(run_dir: Path) -> dict:
 @pytest.fixture
 def tiny_run():
     return list(TINY_RUN)
+
+
+def cli_with_patch(patch: str, *args: str) -> list[str]:
+    """The command line of ``flowtrain ARGS`` with Python ``patch`` run first in the same
+    process: how tests simulate a full disk, a slow disk or a NaN at a chosen step."""
+    program = (f"import sys\nsys.argv = ['flowtrain', *{list(args)!r}]\n{patch}\n"
+               "from flowtrain.train import main\nmain()\n")
+    return [sys.executable, "-c", program]

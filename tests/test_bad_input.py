@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
-from conftest import run_cli
+import torch
+from conftest import TINY_RUN, run_cli
 
 
 def _fails(*args, cwd):
@@ -56,6 +59,7 @@ def test_array_path_not_given_names_the_key(tmp_path):
     ({"train": np.zeros((10, 4, 4), int), "test": np.zeros((5, 2), int)}, "differ in shape"),
     ({"train": np.zeros((10, 2))}, "no `test` array"),
     ({"train": np.array([1.0, np.nan]), "test": np.zeros(3)}, "NaN or infinite"),
+    ({"train": np.zeros((10, 2)), "test": np.array([[0.0, np.inf]])}, "NaN or infinite"),
     ({"train": np.zeros((10, 2)), "test": np.zeros((5, 3))}, "differ in shape"),
     ({"train": np.zeros((0, 2)), "test": np.zeros((5, 2))}, "train split is empty"),
 ])
@@ -80,13 +84,62 @@ def test_resume_without_a_checkpoint_names_the_fix(tmp_path):
     assert "no checkpoint at" in out and "resume=PATH" in out
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path):
-    from conftest import TINY_RUN
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny run; tests copy it before touching it."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    run_cli(*TINY_RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    return run_dir
 
-    run_cli(*TINY_RUN, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    out = _fails(*TINY_RUN, "model.n_components=3", f"hydra.run.dir={tmp_path / 'run'}",
+
+def _copy(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, trained):
+    run_dir = _copy(trained, tmp_path)
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    out = _fails(*TINY_RUN, "model.n_components=3", f"hydra.run.dir={run_dir}",
                  "resume=true", cwd=tmp_path)
     assert "another setup" in out and "model.n_components: saved 8, now 3" in out
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_truncated_checkpoint_is_refused_and_left_alone(tmp_path, trained):
+    run_dir = _copy(trained, tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    out = _fails(*TINY_RUN, f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+    assert "is corrupt or truncated and was not loaded" in out
+    assert len(last.read_bytes()) == 1000 and (run_dir / "checkpoints" / "best.pt").exists()
+
+
+class _WritesAFile:
+    """Unpickling this would create ``path``: proof that loading ran code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
+    evil, proof = tmp_path / "evil.pt", tmp_path / "code-ran"
+    torch.save({"format": "flowtrain-checkpoint", "version": 2, "model": _WritesAFile(proof)},
+               evil)
+    out = _fails(*TINY_RUN, f"hydra.run.dir={tmp_path / 'run'}", f"resume={evil}",
+                 cwd=tmp_path)
+    assert "refusing" in out and "pickled Python objects" in out
+    assert not proof.exists()
+
+
+def test_batch_larger_than_the_data_names_both_sizes(tmp_path):
+    out = _fails(*TINY_RUN, "data.n_train=100", "train.batch_size=128",
+                 f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "128" in out and "100" in out and "train.batch_size" in out
 
 
 def test_zero_interval_is_refused_before_training(tmp_path):

@@ -166,7 +166,7 @@ def test_every_toy_set_trains_end_to_end(tmp_path, tiny_run):
     run_cli("-m", *tiny_run, "model=arflow2d", "model.hidden_features=16", "data=toy2d",
             f"data.name={','.join(names)}", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
     for job, name in enumerate(names):
-        run_dir = tmp_path / str(job)
+        (run_dir,) = tmp_path.glob(f"{job}_*data.name={name},*")
         metrics = read_metrics(run_dir)
         assert metrics["steps"] == 40 and np.isfinite(metrics["test_nll"]), name
         assert ("test_nll_true" in metrics) == (name != "moons"), name

@@ -167,7 +167,8 @@ def test_resumed_image_run_matches_an_uninterrupted_one(tmp_path):
 TINY_PIXELCNN = ["model=pixelcnn_arflow", "model.n_filters=6", "model.n_blocks=1",
                  "model.n_components=2", "train.steps=4", "train.batch_size=4",
                  "train.eval_every=2", "train.sample_every=4", "train.checkpoint_every=2",
-                 "train.log_every=2", "train.eval_batch_size=64"]
+                 "train.log_every=2", "train.eval_batch_size=64",
+                 "train.n_samples=4"]  # a grid of 4: PixelCNN sampling is a pass per value
 
 
 def test_pixelcnn_flow_trains_on_digits_end_to_end(tmp_path):
@@ -186,4 +187,5 @@ def test_image_flows_train_on_fake_cifar10_files(tmp_path, model, steps):
             env={"PYTHONPATH": str(FAKE_SITE)})
     metrics = read_metrics(tmp_path / "run")
     assert np.isfinite(metrics["test_bpd"]) and metrics["steps"] == steps
-    assert _sample_images(tmp_path / "run")[-1].width == 32 * 8 + 9  # 8 colour samples a row
+    per_row = {"realnvp": 8, "pixelcnn_arflow": 2}[model]  # 64 samples, or 4
+    assert _sample_images(tmp_path / "run")[-1].width == 32 * per_row + per_row + 1

@@ -102,3 +102,71 @@ def test_missing_checkpoint_names_the_fix(tmp_path):
 def test_lr_factor_never_negative():
     assert all(lr_factor(s, Schedule.cosine, 0, 100, 0.0) >= 0 for s in range(200))
     assert not math.isnan(lr_factor(0, Schedule.cosine, 0, 0, 0.0))
+
+
+def _trainer(tmp_path, *overrides):
+    """A Trainer built from the real config, as the CLI builds it."""
+    from conftest import TINY_RUN
+    from hydra import compose, initialize_config_dir
+
+    from flowtrain.build import build_trainer
+    from flowtrain.config import config_dir, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY_RUN, *overrides])
+    return build_trainer(cfg, tmp_path)
+
+
+def _snapshot(trainer) -> tuple[dict, dict]:
+    import copy
+
+    return copy.deepcopy((trainer.state.model.state_dict(),
+                          trainer.state.optimizer.state_dict()["state"]))
+
+
+def _assert_same(before, after) -> None:
+    (weights, moments), (weights_after, moments_after) = before, after
+    assert all(torch.equal(weights[key], weights_after[key]) for key in weights)
+    for index, state in moments.items():
+        assert all(torch.equal(value, moments_after[index][name])
+                   for name, value in state.items())
+
+
+def test_a_nonfinite_loss_changes_neither_weights_nor_optimizer(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer.train_step(trainer.state.batches.next())  # the optimizer has moments now
+    before = _snapshot(trainer)
+    poisoned = trainer.state.batches.next().clone()
+    poisoned[0] = float("nan")
+    trainer.train_step(poisoned)
+    _assert_same(before, _snapshot(trainer))
+    assert trainer.state.step == 2
+    assert (trainer.state.nonfinite.total, trainer.state.nonfinite.in_a_row) == (1, 1)
+    trainer.train_step(trainer.state.batches.next())
+    assert (trainer.state.nonfinite.total, trainer.state.nonfinite.in_a_row) == (1, 0)
+    assert trainer.state.window.steps == 2  # the skipped step's loss is not averaged in
+
+
+def test_an_infinite_gradient_with_a_finite_loss_is_skipped(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer.train_step(trainer.state.batches.next())
+    before = _snapshot(trainer)
+    parameter = next(trainer.state.model.parameters())
+    handle = parameter.register_hook(lambda gradient: gradient * float("inf"))
+    grad_norm = trainer.train_step(trainer.state.batches.next())
+    handle.remove()
+    assert not torch.isfinite(grad_norm)
+    _assert_same(before, _snapshot(trainer))
+    assert trainer.state.nonfinite.total == 1
+
+
+def test_the_nonfinite_streak_survives_a_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path)
+    poisoned = trainer.state.batches.next().clone()
+    poisoned[:] = float("nan")
+    trainer.train_step(poisoned)
+    trainer.train_step(poisoned)
+    trainer.save("last.pt")
+    resumed = _trainer(tmp_path, "resume=true")
+    assert (resumed.state.nonfinite.total, resumed.state.nonfinite.in_a_row) == (2, 2)

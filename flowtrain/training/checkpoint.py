@@ -6,11 +6,12 @@ A checkpoint is a dict of tensors and plain containers, so it loads with
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from torch import nn
 from flowtrain.errors import CheckpointError
 
 FORMAT = "flowtrain-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the loss window and non-finite counts joined the state
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -29,20 +30,68 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, file)
+        with _open_temporary(handle) as file:
+            writer = _WriteErrorKeeper(file)
+            try:
+                torch.save({"format": FORMAT, "version": VERSION, **state}, writer)
+            except RuntimeError as error:
+                # torch.save reports a failed write as a RuntimeError with no errno.
+                raise (writer.error or error) from error
             file.flush()
             os.fsync(file.fileno())
         os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; a checkpoint is shared
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(
+                f"no space left on the device while saving {path}: "
+                f"{_what_is_kept(path)}. Free space there, then resume with resume=true "
+                f"(or copy the run folder to a disk with room and resume there).") from error
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable
     finally:
         os.close(directory)
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files of writes that a killed process never finished (the
+    checkpoints themselves are whole); the ones removed."""
+    partial = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
+def _open_temporary(handle: int) -> BinaryIO:
+    return os.fdopen(handle, "wb")
+
+
+def _what_is_kept(path: Path) -> str:
+    if path.exists():
+        return f"the previous {path.name} is untouched and still loads"
+    return "no earlier checkpoint of that name existed"
+
+
+class _WriteErrorKeeper:
+    """A file wrapper that remembers the OSError behind a failed write, so a full disk can
+    be named as such (torch.save only says that a write failed)."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -64,7 +113,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a flowtrain checkpoint.")
     if state.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {state.get('version')}; "
-                              f"this flowtrain reads version {VERSION}.")
+                              f"this flowtrain reads version {VERSION}. Continue it with the "
+                              f"flowtrain that wrote it, or start a new run.")
     return state
 
 

@@ -147,5 +147,7 @@ def figures_for(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
     if data.event_shape == (2,):
         return {"density": density_2d(model, preprocessing, data, draw_samples(n_samples))}
     if len(data.event_shape) == 3 and data.levels is not None:
-        return {"samples": image_grid(draw_samples(_IMAGE_GRID_SIZE), data.levels)}
+        # at most 64: an autoregressive flow pays a network pass per value for each one
+        return {"samples": image_grid(draw_samples(min(n_samples, _IMAGE_GRID_SIZE)),
+                                      data.levels)}
     return {}

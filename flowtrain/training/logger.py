@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+
+def flat_hyperparameters(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim.lr": 0.001, ...}: every leaf of the config as a number, bool or string (the
+    types TensorBoard's HParams tab takes); lists and nulls as their text."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flat_hyperparameters(value, prefix=f"{name}.")
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
 
 
 class RunLogger:
     """Everything a run writes for people to read, under one run folder."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True):
         self.run_dir = run_dir
         # purge_step drops events a killed run wrote after its last checkpoint (at steps
         # past the one it resumes from), so a resumed run's curves don't double back.
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+        # Disabled (ranks other than 0 under torchrun): every call does nothing.
+        self.writer = (SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+                       if enabled else None)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
@@ -32,8 +53,22 @@ class RunLogger:
             self.writer.add_figure(tag, picture, step, close=True)
             plt.close(picture)
 
+    def hyperparameters(self, config: dict[str, Any], results: dict[str, float],
+                        step: int) -> None:
+        """The run's config and final results for TensorBoard's HParams tab, written into
+        this run's own event file: ``SummaryWriter.add_hparams`` would open a sub-run of its
+        own, which the tab then shows apart from the run's curves."""
+        experiment, session_start, session_end = hparams(flat_hyperparameters(config),
+                                                         results)
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+        self.scalars(results, step)
+
     def flush(self) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,42 @@ from flowtrain.errors import ConfigError, NonFiniteError
 from flowtrain.flows.base import FlowModel
 from flowtrain.likelihood import Preprocessing, bits_per_dim, negative_log_likelihood
 from flowtrain.training.batches import BatchStream
-from flowtrain.training.checkpoint import all_finite, save_checkpoint
+from flowtrain.training.checkpoint import all_finite, remove_partial_writes, save_checkpoint
+from flowtrain.training.distributed import DataParallelFlow, Ranks
 from flowtrain.training.figures import figures_for
 from flowtrain.training.logger import RunLogger
-from flowtrain.training.runtime import rng_state, set_rng_state
+from flowtrain.training.runtime import autocast, rng_state, set_rng_state
 from flowtrain.training.stop import StopRequest
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LossWindow:
+    """The training loss summed since the last log step. Part of the checkpoint, so a
+    resumed run logs the same train/nll as one left alone. The sum stays on the device:
+    adding to it costs no host sync."""
+
+    nll_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    steps: int = 0
+
+    def add(self, nll: torch.Tensor) -> None:
+        self.nll_sum = self.nll_sum.to(nll.device) + nll
+        self.steps += 1
+
+    def take_mean(self) -> float | None:
+        """The mean over the window, which then starts again; None when it is empty."""
+        mean = self.nll_sum.item() / self.steps if self.steps else None
+        self.nll_sum, self.steps = torch.zeros_like(self.nll_sum), 0
+        return mean
+
+
+@dataclass
+class NonFiniteCount:
+    """Steps skipped for a NaN or infinite loss or gradient norm: in total, and in a row."""
+
+    total: int = 0
+    in_a_row: int = 0
 
 
 @dataclass
@@ -41,6 +71,8 @@ class TrainingState:
     device: torch.device = torch.device("cpu")
     step: int = 0
     best_test_bpd: float = math.inf
+    window: LossWindow = field(default_factory=LossWindow)
+    nonfinite: NonFiniteCount = field(default_factory=NonFiniteCount)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
@@ -53,6 +85,8 @@ class TrainingState:
             "scheduler": self.scheduler.state_dict(),
             "batches": self.batches.state_dict(),
             "rng": rng_state(self.device),
+            "window": {"nll_sum": self.window.nll_sum.cpu(), "steps": self.window.steps},
+            "nonfinite": {"total": self.nonfinite.total, "in_a_row": self.nonfinite.in_a_row},
             **self.extra,
         }
 
@@ -65,12 +99,16 @@ class TrainingState:
         set_rng_state(state["rng"], self.device)
         self.step = int(state["step"])
         self.best_test_bpd = float(state["best_test_bpd"])
+        self.window = LossWindow(state["window"]["nll_sum"].to(self.device),
+                                 int(state["window"]["steps"]))
+        self.nonfinite = NonFiniteCount(int(state["nonfinite"]["total"]),
+                                        int(state["nonfinite"]["in_a_row"]))
 
 
 def check_train_config(cfg: TrainConfig) -> None:
     """Ranges the schema cannot express, checked before any work starts."""
     at_least_one = ("batch_size", "eval_every", "sample_every", "checkpoint_every",
-                    "log_every", "eval_batch_size", "n_samples")
+                    "log_every", "eval_batch_size", "n_samples", "max_nonfinite")
     for key in at_least_one:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1; got {getattr(cfg, key)}")
@@ -86,8 +124,11 @@ class Trainer:
     """Runs the loop and writes what every run leaves: tb/, checkpoints/, metrics.json."""
 
     def __init__(self, state: TrainingState, data: FlowData, cfg: TrainConfig,
-                 run_dir: Path, device: torch.device, seed: int, resume_command: str = ""):
+                 run_dir: Path, device: torch.device, seed: int, resume_command: str = "",
+                 ranks: Ranks | None = None):
         check_train_config(cfg)
+        self.ranks = ranks or Ranks()
+        self.batch_slice = self.ranks.batch_slice(cfg.batch_size)
         self.resume_command = resume_command or (
             f"flowtrain <this run's overrides> hydra.run.dir={run_dir} resume=true")
         self.state = state
@@ -98,6 +139,12 @@ class Trainer:
         self.seed = seed
         self.checkpoint_dir = run_dir / "checkpoints"
         self.parameters = [p for p in state.model.parameters() if p.requires_grad]
+        if cfg.compile:
+            # In place, so the state dict keeps its keys and checkpoints stay interchangeable.
+            state.model.compile()
+        # What a training step calls log_prob on: the model, or the model inside DDP.
+        self.trained = (DataParallelFlow(state.model, device) if self.ranks.distributed
+                        else state.model)
         self.last_test_nll: tuple[int, float] | None = None  # (step, value)
 
     # --- measuring -------------------------------------------------------------------
@@ -110,6 +157,7 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(self.seed)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in points.split(self.cfg.eval_batch_size):
+            # fp32 whatever train.precision is, so bits/dim compare across runs
             nll = negative_log_likelihood(self.state.model, self.state.preprocessing,
                                           batch.to(self.device), generator=generator)
             total += nll.double().sum()
@@ -135,6 +183,8 @@ class Trainer:
     # --- writing ---------------------------------------------------------------------
 
     def save(self, name: str) -> None:
+        if not self.ranks.is_main:
+            return
         if not all_finite(self.state.model):
             raise NonFiniteError(
                 f"step {self.state.step}: the model holds NaN or infinite weights; "
@@ -142,62 +192,99 @@ class Trainer:
         save_checkpoint(self.state.state_dict(), self.checkpoint_dir / name)
 
     def log_figures(self, logger: RunLogger) -> None:
+        if not self.ranks.is_main:
+            return
         figures = figures_for(self.state.model, self.state.preprocessing, self.data,
                               self.draw_samples, self.cfg.n_samples)
         logger.figures(figures, self.state.step)
 
     # --- the loop ----------------------------------------------------------------------
 
-    def train_step(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, batch: torch.Tensor) -> torch.Tensor:
+        """One step; its gradient norm. A non-finite loss or gradient norm skips the update
+        (the schedule still advances, so the learning rate stays a function of the step)."""
         state = self.state
-        nll = negative_log_likelihood(state.model, state.preprocessing, batch).mean()
+        with autocast(self.device, self.cfg.precision):
+            nll = negative_log_likelihood(self.trained, state.preprocessing, batch,
+                                          keep=self.batch_slice).mean()
         state.optimizer.zero_grad(set_to_none=True)
         nll.backward()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
-        state.optimizer.step()
-        state.scheduler.step()
-        return nll.detach(), grad_norm.detach()
+        # The global batch's loss: every rank then makes the same skip decision.
+        nll = self.ranks.mean(nll)
+        # One host sync per step: skipping must be decided before the optimizer moves.
+        if bool(torch.isfinite(nll) & torch.isfinite(grad_norm)):
+            state.optimizer.step()
+            state.window.add(nll.detach())
+            state.nonfinite.in_a_row = 0
+            state.scheduler.step()
+        else:
+            self.count_nonfinite(nll.item(), grad_norm.item())
+            with warnings.catch_warnings():  # skipping the optimizer here is on purpose
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step",
+                                        UserWarning)
+                state.scheduler.step()
+        state.step += 1
+        return grad_norm.detach()
+
+    def count_nonfinite(self, nll: float, grad_norm: float) -> None:
+        count = self.state.nonfinite
+        count.total += 1
+        count.in_a_row += 1
+        log.warning("step %d: skipped (loss %s, gradient norm %s); %d non-finite in a row",
+                    self.state.step + 1, nll, grad_norm, count.in_a_row)
+        if count.in_a_row >= self.cfg.max_nonfinite:
+            raise NonFiniteError(
+                f"step {self.state.step + 1}: {count.in_a_row} steps in a row had a NaN or "
+                f"infinite loss or gradient norm (train.max_nonfinite={self.cfg.max_nonfinite})"
+                f". The last checkpoint (checkpoints/last.pt) holds finite weights; lower "
+                f"optim.lr (now {self.state.optimizer.param_groups[0]['lr']:g}) or "
+                f"train.grad_clip and start again, or resume with: {self.resume_command}")
 
     def run(self) -> dict[str, Any]:
         cfg, state, n_dims = self.cfg, self.state, self.data.n_dims
-        logger = RunLogger(self.run_dir, purge_step=state.step + 1 if state.step else None)
+        main = self.ranks.is_main  # rank 0 alone writes; the other ranks only train
+        logger = RunLogger(self.run_dir, purge_step=state.step + 1 if state.step else None,
+                           enabled=main)
+        for partial in remove_partial_writes(self.checkpoint_dir) if main else []:
+            log.info("removed %s, an unfinished write from a run that was killed", partial.name)
         first_step = state.step
-        window_nll = torch.zeros((), device=self.device)
-        window_steps, window_seconds = 0, 0.0
+        window_seconds, window_steps = 0.0, 0
         train_bpd = None  # stays None when a resumed run has no steps left
         if state.step >= cfg.steps:
             log.warning("the run is already at step %d of train.steps=%d; nothing to train. "
                         "Raise train.steps to continue it.", state.step, cfg.steps)
         train_seconds, started = 0.0, time.perf_counter()
         progress = tqdm(total=cfg.steps, initial=first_step, desc="train", unit="step",
-                        disable=None, dynamic_ncols=True)
+                        disable=None if main else True, dynamic_ncols=True)
         try:
             with logging_redirect_tqdm(), StopRequest() as stop:
-                while state.step < cfg.steps and stop.requested is None:
+                stopping = False
+                while state.step < cfg.steps and not stopping:
                     step_start = time.perf_counter()
                     batch = state.batches.next().to(self.device, non_blocking=True)
-                    nll, grad_norm = self.train_step(batch)
-                    state.step += 1
-                    window_nll += nll
+                    grad_norm = self.train_step(batch)
                     window_steps += 1
                     progress.update()
                     last = state.step == cfg.steps
                     if state.step % cfg.log_every == 0 or last:
-                        train_nll = window_nll.item() / window_steps
                         window_seconds += time.perf_counter() - step_start
                         train_seconds += window_seconds
-                        self.stop_if_not_finite(train_nll)
-                        train_bpd = bits_per_dim(train_nll, n_dims)
-                        logger.scalars({
-                            "train/nll": train_nll, "train/bpd": train_bpd,
+                        scalars = {
                             "lr": state.optimizer.param_groups[0]["lr"],
                             "grad_norm": grad_norm.item(),
                             "throughput": window_steps * cfg.batch_size / window_seconds,
-                        }, state.step)
-                        progress.set_postfix(nll=f"{train_nll:.4f}", bpd=f"{train_bpd:.4f}")
-                        window_nll.zero_()
-                        window_steps, window_seconds = 0, 0.0
+                            "nonfinite_steps": state.nonfinite.total,
+                        }
+                        train_nll = state.window.take_mean()
+                        if train_nll is not None:  # None: every step since the last was skipped
+                            train_bpd = bits_per_dim(train_nll, n_dims)
+                            scalars |= {"train/nll": train_nll, "train/bpd": train_bpd}
+                            progress.set_postfix(nll=f"{train_nll:.4f}",
+                                                 bpd=f"{train_bpd:.4f}")
+                        logger.scalars(scalars, state.step)
+                        window_seconds, window_steps = 0.0, 0
                     else:
                         # Only training steps count towards throughput, not evals or saves.
                         window_seconds += time.perf_counter() - step_start
@@ -208,27 +295,39 @@ class Trainer:
                     if state.step % cfg.checkpoint_every == 0 or last:
                         self.save("last.pt")
                         logger.flush()
-                if stop.requested is not None:
+                    stopping = self.ranks.any(stop.requested is not None, self.device)
+                if stopping:
                     self.save("last.pt")
                     log.warning("%s at step %d: saved checkpoints/last.pt. Continue with: %s",
-                                stop.requested, state.step, self.resume_command)
+                                stop.requested or "a stop on another rank", state.step,
+                                self.resume_command)
+            progress.close()
+            if not main:
+                self.ranks.wait_for_all()  # until rank 0 has written the run's results
+                return {}
+            metrics = self.final_metrics(train_bpd, first_step, train_seconds,
+                                         time.perf_counter() - started)
+            metrics["stopped_by"] = stop.requested or ("another rank" if stopping else None)
+            self.log_hyperparameters(logger, metrics)
         finally:
             progress.close()
             logger.close()
-        metrics = self.final_metrics(train_bpd, first_step, train_seconds,
-                                     time.perf_counter() - started)
-        metrics["stopped_by"] = stop.requested
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        self.ranks.wait_for_all()
         return metrics
 
-    def stop_if_not_finite(self, train_nll: float) -> None:
-        if not math.isfinite(train_nll):
-            raise NonFiniteError(
-                f"step {self.state.step}: the training loss is {train_nll}. The last "
-                f"checkpoint (checkpoints/last.pt) is kept; lower optim.lr or train.grad_clip "
-                f"and start again, or resume with: {self.resume_command}")
+    def log_hyperparameters(self, logger: RunLogger, metrics: dict[str, Any]) -> None:
+        """The config and final numbers, for comparing a sweep in TensorBoard's HParams tab."""
+        config = {key: value for key, value in self.state.extra.get("config", {}).items()
+                  if key != "resume"}
+        results = {f"hparams/{key}": metrics[key] for key in
+                   ("test_bpd", "best_test_bpd", "train_bpd", "test_nll")
+                   if isinstance(metrics.get(key), float)}
+        logger.hyperparameters(config, results, self.state.step)
 
     def evaluate_and_keep_best(self, logger: RunLogger) -> None:
+        if not self.ranks.is_main:
+            return
         test_nll = self.evaluate(self.data.test)
         self.last_test_nll = (self.state.step, test_nll)
         test_bpd = bits_per_dim(test_nll, self.data.n_dims)
@@ -256,6 +355,7 @@ class Trainer:
             "train_samples_per_s": steps_run * self.cfg.batch_size / max(train_seconds, 1e-9),
             "params": sum(p.numel() for p in self.state.model.parameters()),
             "device": str(self.device),
+            "nonfinite_steps": self.state.nonfinite.total,
         }
         test_nll_true = self.true_test_nll()
         if test_nll_true is not None:

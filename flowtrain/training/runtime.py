@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from flowtrain.config import Device
+from flowtrain.config import Device, Precision
 from flowtrain.errors import ConfigError
 
 
@@ -20,6 +23,30 @@ def select_device(requested: Device | str) -> torch.device:
         raise ConfigError("device=cuda was asked for, but PyTorch sees no CUDA GPU. "
                           "Use device=auto (CUDA when present, else CPU) or device=cpu.")
     return torch.device(requested.value)
+
+
+def cpu_threads(requested: int | None, launcher: Mapping[str, Any] | None) -> int | None:
+    """How many threads torch should use: the ``threads`` key when set; under Hydra's joblib
+    launcher the cores divided between its ``n_jobs`` parallel jobs; else None (torch's
+    default)."""
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"threads must be at least 1 (or null); got {requested}")
+        return requested
+    if launcher is None or "JoblibLauncher" not in str(launcher.get("_target_", "")):
+        return None
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or -1
+    parallel = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 is every core
+    return max(1, cores // max(1, parallel))
+
+
+def autocast(device: torch.device, precision: Precision | str) -> torch.autocast:
+    """The context a forward pass runs in: bf16 autocast, or nothing for fp32. The flows
+    cast their networks' outputs back to the input's dtype, so only the networks run in
+    bfloat16 and log-dets, the loss and bits/dim stay float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=Precision(precision) is Precision.bf16)
 
 
 def seed_everything(seed: int) -> None:

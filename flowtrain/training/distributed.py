@@ -1,0 +1,147 @@
+"""Data parallelism under torchrun: one process per device, each on its slice of every batch.
+
+``torchrun --standalone --nproc_per_node=N -m flowtrain ...`` starts N copies of flowtrain;
+each composes the config itself and joins one process group (gloo on the CPU, NCCL on
+GPUs). Every rank draws the same global batch (same seed, same order) and keeps its own
+contiguous slice, which is what a DistributedSampler does, and is restored by the same
+checkpointed stream. Gradients are averaged by DistributedDataParallel; rank 0 alone logs,
+evaluates, draws pictures and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from flowtrain.errors import ConfigError
+from flowtrain.flows.base import FlowModel
+
+_COLLECTIVE_TIMEOUT = timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the processes of one run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_environment(cls) -> Ranks:
+        """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; a single process without them."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    def device(self, device: torch.device) -> torch.device:
+        """Each rank on its own GPU (LOCAL_RANK); CPU ranks share the CPU."""
+        if device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def start(self, device: torch.device) -> None:
+        """Join the process group, once, when there is more than one process."""
+        if not self.distributed or dist.is_initialized():
+            return
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        # Ranks other than 0 wait in their next collective while rank 0 evaluates, draws
+        # samples (a PixelCNN needs a pass per pixel) or saves: allow far more than NCCL's
+        # default 10 minutes.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=_COLLECTIVE_TIMEOUT)
+
+    def batch_slice(self, batch_size: int) -> slice:
+        """This rank's part of a global batch of ``batch_size``."""
+        if batch_size % self.world_size:
+            raise ConfigError(f"train.batch_size={batch_size} must divide evenly between the "
+                              f"{self.world_size} processes; make it a multiple of "
+                              f"{self.world_size}.")
+        per_rank = batch_size // self.world_size
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def mean(self, value: Tensor) -> Tensor:
+        """The mean of ``value`` over all ranks (itself in a single process)."""
+        if not self.distributed:
+            return value
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total / self.world_size
+
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` holds on any rank: a stop that only some ranks received must
+        stop them all at the same step, or the others wait forever in the next
+        all-reduce."""
+        if not self.distributed:
+            return flag
+        flags = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(flags)
+        return bool(flags.item() > 0)
+
+    def wait_for_all(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (a download, say), then the others."""
+        if not self.is_main:
+            self.wait_for_all()
+        yield
+        if self.is_main:
+            self.wait_for_all()
+
+    def check_same(self, value: str, what: str, fix: str) -> None:
+        """Refuse to go on when the ranks disagree about ``value``."""
+        if not self.distributed:
+            return
+        values: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        if len(set(values)) > 1:
+            raise ConfigError(f"the {self.world_size} processes chose different {what}s "
+                              f"({', '.join(sorted(set(map(str, values))))}); {fix}")
+
+
+def leave_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class _LogProb(nn.Module):
+    """DistributedDataParallel averages gradients through a module's ``__call__`` only:
+    this module's call is the flow's log_prob."""
+
+    def __init__(self, model: FlowModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.log_prob(x)
+
+
+class DataParallelFlow:
+    """What the training step calls ``log_prob`` on under torchrun: the flow inside DDP."""
+
+    def __init__(self, model: FlowModel, device: torch.device):
+        device_ids = [device.index] if device.type == "cuda" else None
+        self.wrapped = DistributedDataParallel(_LogProb(model), device_ids=device_ids)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self.wrapped(x)

@@ -1,0 +1,77 @@
+"""torchrun with DistributedDataParallel on the CPU (gloo, 2 processes), end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+from conftest import TINY_RUN, read_metrics, read_scalars, run_cli
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is needed")
+
+TINY_REALNVP_DIGITS = ["data=digits", "model=realnvp", "model.n_filters=8", "model.n_blocks=1",
+                       "model.checkerboard_in=2", "model.channelwise=1",
+                       "model.checkerboard_out=1", "train.steps=20", "train.batch_size=16",
+                       "train.eval_every=10", "train.sample_every=10",
+                       "train.checkpoint_every=10", "train.log_every=5", "device=cpu"]
+
+
+def torchrun(*args: str, cwd: Path, processes: int = 2, check: bool = True) -> str:
+    """``torchrun --standalone --nproc_per_node=2 -m flowtrain ARGS``: its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc_per_node={processes}", "-m", "flowtrain", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert (result.returncode == 0) == check, output
+    return output
+
+
+def test_two_processes_follow_one_process_at_the_same_global_batch(tmp_path):
+    torchrun(*TINY_RUN, cwd=tmp_path)
+    # every rank composed its own config, yet they share one run folder
+    (run_dir,) = (tmp_path / "outputs" / "torchrun").iterdir()
+    assert list((tmp_path / "outputs").iterdir()) == [tmp_path / "outputs" / "torchrun"]
+    run_cli(*TINY_RUN, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
+    together, alone = read_scalars(run_dir), read_scalars(tmp_path / "single")
+    for tag in ("train/nll", "test/nll"):
+        assert [step for step, _ in together[tag]] == [step for step, _ in alone[tag]]
+        for (_, a), (_, b) in zip(together[tag], alone[tag], strict=True):
+            assert a == pytest.approx(b, rel=1e-5), tag
+    assert read_metrics(run_dir)["steps"] == 40
+    assert "(2 processes)" in (run_dir / "flowtrain.log").read_text()
+
+
+def test_realnvp_with_actnorm_trains_and_resumes_under_torchrun(tmp_path):
+    run_dir = tmp_path / "run"
+    torchrun(*TINY_REALNVP_DIGITS, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    first = read_metrics(run_dir)
+    assert first["steps"] == 20
+    run_cli(*TINY_REALNVP_DIGITS, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
+    # Every rank draws the global batch's dequantization noise and keeps its slice, and
+    # ActNorm starts from the global batch's statistics: one process, up to rounding.
+    single = read_scalars(tmp_path / "single")["train/nll"]
+    for (_, a), (_, b) in zip(read_scalars(run_dir)["train/nll"], single, strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert first["test_bpd"] == pytest.approx(read_metrics(tmp_path / "single")["test_bpd"],
+                                              rel=1e-4)
+    output = torchrun(*TINY_REALNVP_DIGITS, "train.steps=30", f"hydra.run.dir={run_dir}",
+                      "resume=true", cwd=tmp_path)
+    assert "at step 20" in output
+    assert read_metrics(run_dir)["steps"] == 30
+    assert [step for step, _ in read_scalars(run_dir)["train/nll"]] == [5, 10, 15, 20, 25, 30]
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path):
+    output = torchrun(*TINY_RUN, "train.batch_size=63", f"hydra.run.dir={tmp_path}",
+                      cwd=tmp_path, check=False)
+    assert "must divide evenly between the 2 processes" in output
+
+
+def test_a_sweep_under_torchrun_is_refused(tmp_path):
+    output = torchrun("-m", *TINY_RUN, "optim.lr=1e-2,1e-3", cwd=tmp_path, check=False)
+    assert "-m (a sweep) and torchrun do not mix" in output

@@ -1,0 +1,73 @@
+"""Sweeps: parallel jobs through Hydra's joblib launcher, folders named by their overrides,
+and each run's hyperparameters and results in its own TensorBoard run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import TINY_RUN, read_metrics, run_cli
+
+from flowtrain.config import folder_name
+
+
+def _hparams_records(run_dir: Path) -> tuple[dict, set[str]]:
+    """The hyperparameters the run's own event files hold for the HParams tab, and the
+    names of the metrics it declares."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hyperparameters, metrics = {}, set()
+    for path in (run_dir / "tb").glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "hparams":
+                    continue
+                data = plugin_data_pb2.HParamsPluginData.FromString(
+                    value.metadata.plugin_data.content)
+                if data.HasField("session_start_info"):
+                    for name, hparam in data.session_start_info.hparams.items():
+                        kind = hparam.WhichOneof("kind")
+                        hyperparameters[name] = getattr(hparam, kind)
+                if data.HasField("experiment"):
+                    metrics |= {info.name.tag for info in data.experiment.metric_infos}
+    return hyperparameters, metrics
+
+
+def test_parallel_sweep_names_folders_by_overrides_and_logs_hparams(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", *TINY_RUN, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     "optim.lr=1e-2,1e-3", "model.family=gaussian,logistic",
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    folders = sorted(path.name for path in sweep.iterdir() if path.is_dir())
+    combinations = [(family, lr) for lr in ("0.01", "0.001")  # the sweep's order
+                    for family in ("gaussian", "logistic")]
+    assert len(folders) == 4
+    for number, (folder, (family, lr)) in enumerate(zip(folders, combinations, strict=True)):
+        # the job number, then every override of the job (Hydra's override_dirname)
+        assert folder.startswith(f"{number}_") and "/" not in folder
+        assert f",model.family={family}," in folder and f",optim.lr={lr}," in folder
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    for folder, (family, lr) in zip(folders, combinations, strict=True):
+        run_dir = sweep / folder
+        assert read_metrics(run_dir)["steps"] == 40
+        assert "torch uses 1 CPU thread(s)" in (run_dir / "flowtrain.log").read_text()
+        hyperparameters, metrics = _hparams_records(run_dir)
+        assert hyperparameters["model.family"] == family
+        assert hyperparameters["optim.lr"] == float(lr)
+        assert hyperparameters["train.steps"] == 40
+        assert {"hparams/test_bpd", "hparams/best_test_bpd"} <= metrics
+        # in the run's own folder, so the HParams tab links it to the run's curves
+        assert not [path for path in (run_dir / "tb").iterdir() if path.is_dir()]
+
+
+def test_sweep_folder_names_hold_no_path_separators():
+    name = folder_name("data.path=/data/points.npz,optim.lr=0.01")
+    assert "/" not in name and name == "data.path=_data_points.npz,optim.lr=0.01"
+    assert len(folder_name("x=" + "a" * 500)) == 200
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    out = run_cli("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra",
+                  "-p", "hydra.launcher", cwd=tmp_path).stdout
+    assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in out
+    assert "gpus_per_node: 1" in out and "partition: gpu" in out
