@@ -261,7 +261,7 @@ def folder_name(overrides: str, max_length: int = 200) -> str:
     path separators and other characters a folder name should not hold become "_", and a
     very long name is cut (the job number in front keeps it unique)."""
     safe = re.sub(r"[^A-Za-z0-9=.,+\-_]", "_", overrides)
-    return (safe[:max_length] or "defaults")
+    return safe[:max_length] or "defaults"
 
 
 def run_folder(timestamped: str) -> str:

@@ -124,7 +124,16 @@ def test_kill_while_writing_a_checkpoint_leaves_the_last_one_loadable(tmp_path, 
                      tmp_path)
 
     def writing_the_second() -> bool:
-        return any(path.stat().st_size > 0 for path in folder.glob(".last.pt.*.tmp"))
+        # last.pt first: a temporary seen before it exists belongs to the first write
+        if not (folder / "last.pt").exists():
+            return False
+        for path in folder.glob(".last.pt.*.tmp"):
+            try:
+                if path.stat().st_size > 0:
+                    return True
+            except FileNotFoundError:  # renamed over last.pt since the glob saw it
+                pass
+        return False
 
     _wait_for(writing_the_second, process, "the second write of last.pt")
     _kill(process)

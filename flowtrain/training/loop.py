@@ -41,7 +41,9 @@ class LossWindow:
     steps: int = 0
 
     def add(self, nll: torch.Tensor) -> None:
-        self.nll_sum = self.nll_sum.to(nll.device) + nll
+        if self.nll_sum.device != nll.device:  # once: the sum starts on the CPU
+            self.nll_sum = self.nll_sum.to(nll.device)
+        self.nll_sum += nll.detach()  # in place: no new tensor every step
         self.steps += 1
 
     def take_mean(self) -> float | None:
@@ -216,7 +218,7 @@ class Trainer:
         # One host sync per step: skipping must be decided before the optimizer moves.
         if bool(torch.isfinite(nll) & torch.isfinite(grad_norm)):
             state.optimizer.step()
-            state.window.add(nll.detach())
+            state.window.add(nll)
             state.nonfinite.in_a_row = 0
             state.scheduler.step()
         else:
