@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,7 +36,10 @@ def resume_path(resume: object, run_dir: Path) -> Path | None:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
-                  ranks: Ranks | None = None) -> Trainer:
+                  ranks: Ranks | None = None, choices: dict[str, str] | None = None
+                  ) -> Trainer:
+    """``choices``: the option picked in each config group (Hydra's runtime choices),
+    saved in the checkpoints so that ``task=eval`` composes against the same options."""
     ranks = ranks or Ranks()
     # The same seed on every rank: identical initial weights and one global batch order.
     seed_everything(cfg.seed)
@@ -47,9 +51,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
     with ranks.main_first():  # one download, not one per rank
         data: FlowData = instantiate(cfg.data)
     model: FlowModel = instantiate(cfg.model, event_shape=data.event_shape).to(device)
-    dequantizer = instantiate(cfg.dequant, levels=data.levels)
+    dequantizer = instantiate(cfg.dequant, levels=data.levels,
+                              event_shape=tuple(data.event_shape))
     preprocessing = Preprocessing.for_data(dequantizer, data).to(device)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    # A learned dequantizer trains with the model, on the same loss.
+    optimizer = build_optimizer(cfg.optim, [*model.parameters(), *preprocessing.parameters()])
     state = TrainingState(
         model=model,
         preprocessing=preprocessing,
@@ -57,7 +63,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
         scheduler=build_scheduler(cfg.optim, optimizer, cfg.train.steps),
         batches=BatchStream(data.train, cfg.train.batch_size, seed=cfg.seed),
         device=device,
-        extra={"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)},
+        extra={"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+               "choices": dict(choices or {}),
+               "data_shape": {"event_shape": list(data.event_shape), "levels": data.levels}},
     )
     checkpoint = resume_path(cfg.resume, run_dir)
     if checkpoint is not None:
@@ -108,3 +116,47 @@ def restore(state: TrainingState, path: Path) -> None:
         state.load_state_dict(saved)
     except (KeyError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path} could not be restored: {error}") from error
+
+
+_FIX_FOR_EVAL = ("Evaluate it with the config stored in it (leave out model and dequant "
+                 "overrides).")
+
+
+def check_data_fits(saved: dict, data: FlowData, path: Path) -> None:
+    """Refuse data whose examples have another shape than the checkpoint's model takes;
+    warn when only the number of levels differs (bits/dim are then the new data's)."""
+    shape = saved.get("data_shape")
+    if not isinstance(shape, dict):
+        return  # an older checkpoint: the state-dict shapes are checked instead
+    expected = tuple(shape["event_shape"])
+    if tuple(data.event_shape) != expected:
+        raise CheckpointError(
+            f"the data ({data.name}) has examples of shape {tuple(data.event_shape)}, but "
+            f"{path} holds a model for shape {expected}. Give data of that shape, or leave "
+            f"data=... out to use the data set it was trained on.")
+    if shape.get("levels") != data.levels:
+        log.warning("the model was trained on data with %s levels per value; %s has %s",
+                    shape.get("levels"), data.name, data.levels)
+
+
+def build_from_checkpoint(cfg: DictConfig, saved: dict, path: Path, device: torch.device
+                          ) -> tuple[FlowModel, Preprocessing, FlowData]:
+    """The model and preprocessing of a checkpoint, with its weights, and the data ``cfg``
+    names, every part checked to fit before anything is loaded."""
+    data: FlowData = instantiate(cfg.data)
+    check_data_fits(saved, data, path)
+    model: FlowModel = instantiate(cfg.model, event_shape=data.event_shape).to(device)
+    dequantizer = instantiate(cfg.dequant, levels=data.levels,
+                              event_shape=tuple(data.event_shape))
+    # Standardization statistics fitted here are replaced by the saved ones just below.
+    preprocessing = Preprocessing.for_data(dequantizer, data).to(device)
+    for module, what in ((model, "model"), (preprocessing, "preprocessing")):
+        if not isinstance(saved.get(what), dict):
+            raise CheckpointError(f"{path} holds no {what} weights.")
+        check_state_dict_matches(module, saved[what], what, path, fix=_FIX_FOR_EVAL)
+        try:
+            module.load_state_dict(saved[what])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{path}: the {what} weights could not be loaded: "
+                                  f"{error}") from error
+    return model, preprocessing, data

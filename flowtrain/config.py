@@ -47,6 +47,12 @@ class Schedule(str, Enum):
     cosine = "cosine"  # linear warm-up, then cosine decay to min_lr_ratio * lr
 
 
+class Task(str, Enum):
+    train = "train"
+    eval = "eval"  # test bits/dim of the checkpoint named by ckpt=...: eval.json
+    sample = "sample"  # samples, pictures and (images) a latent interpolation from ckpt=...
+
+
 # --- model -------------------------------------------------------------------------------
 
 
@@ -75,6 +81,15 @@ class RealNVPConfig:
     checkerboard_in: int = 4
     channelwise: int = 3
     checkerboard_out: int = 3
+
+
+@dataclass
+class GlowConfig:
+    _target_: str = "flowtrain.flows.glow.Glow"
+    levels: int = 3
+    steps: int = 8
+    n_filters: int = 32
+    n_blocks: int = 1
 
 
 @dataclass
@@ -149,12 +164,25 @@ class NoDequantConfig:
 class UniformDequantConfig:
     _target_: str = "flowtrain.dequant.UniformDequantization"
     logit_alpha: float = 0.05  # 0 turns the logit preprocessing off
+    eval_samples: int = 1  # > 1: also an importance-weighted test estimate (test_bpd_iw)
 
 
 @dataclass
 class AutoDequantConfig:
     _target_: str = "flowtrain.dequant.auto_dequantization"
     logit_alpha: float = 0.05
+    eval_samples: int = 1
+
+
+@dataclass
+class VariationalDequantConfig:
+    _target_: str = "flowtrain.dequant.VariationalDequantization"
+    logit_alpha: float = 0.05
+    eval_samples: int = 16
+    n_couplings: int = 4
+    n_filters: int = 32
+    n_blocks: int = 1
+    context_channels: int = 16
 
 
 # --- optimizer ---------------------------------------------------------------------------
@@ -214,6 +242,20 @@ class TrainConfig:
 
 
 @dataclass
+class SampleConfig:
+    """What ``task=sample`` draws: ``n`` samples at ``temperature`` (Gaussian bases) from a
+    generator seeded with ``seed``; for images also ``interpolation_pairs`` rows of
+    ``interpolation_steps`` images between pairs of test images, decoded from a straight
+    line between their latents."""
+
+    n: int = 64
+    temperature: float = 1.0
+    seed: int = 0
+    interpolation_steps: int = 8
+    interpolation_pairs: int = 4
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     data: Any = MISSING
@@ -228,15 +270,21 @@ class Config:
     # false: a fresh run; true: continue from this run folder's checkpoints/last.pt;
     # a path: continue from that checkpoint.
     resume: Any = False
+    # train a model, or evaluate / sample from the checkpoint at ckpt (a .pt file), whose
+    # stored config rebuilds the model: flowtrain task=eval ckpt=RUN/checkpoints/best.pt
+    task: Task = Task.train
+    ckpt: str | None = None
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"mixture_cdf": MixtureCDFConfig, "arflow2d": ARFlowConfig,
-              "realnvp": RealNVPConfig, "pixelcnn_arflow": PixelCNNFlowConfig},
+              "realnvp": RealNVPConfig, "glow": GlowConfig,
+              "pixelcnn_arflow": PixelCNNFlowConfig},
     "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig,
              "torchvision": TorchvisionConfig, "digits": DigitsConfig},
     "dequant": {"none": NoDequantConfig, "uniform": UniformDequantConfig,
-                "auto": AutoDequantConfig},
+                "auto": AutoDequantConfig, "variational": VariationalDequantConfig},
     "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
 }
 

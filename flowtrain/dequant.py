@@ -3,7 +3,13 @@
 Each returns ``(y, log_det)``, where ``log_det`` is the log|det| of whatever rescaling it
 applies (the 1/K of uniform dequantization, the logit preprocessing), so
 ``flowtrain.likelihood`` keeps the reported likelihood in the data's own units: for
-discrete data, -log P(x) <= -log p(y) - log_det, and bits/dim follow from it.
+discrete data, -log P(x) <= -log p(y) - log_det, and bits/dim follow from it. A learned
+dequantizer also puts -log q(u | x) into ``log_det``, so the same sum is its variational
+bound.
+
+Every dequantizer is built with the data's ``levels`` (None: continuous) and
+``event_shape``; ``eval_samples`` > 1 asks the evaluation for an importance-weighted
+estimate over that many noise draws as well.
 """
 
 from __future__ import annotations
@@ -15,12 +21,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowtrain.errors import ConfigError
+from flowtrain.flows.base import StandardNormal
+from flowtrain.flows.coupling import AffineCoupling, ResNet, checkerboard_mask
 
 
 class NoDequantization(nn.Module):
     """Continuous data: y = x."""
 
-    def __init__(self, levels: int | None = None):
+    eval_samples = 1
+
+    def __init__(self, levels: int | None = None, event_shape: tuple[int, ...] = ()):
         super().__init__()
         if levels is not None:
             raise ConfigError(f"this data set is discrete ({levels} levels per value): use "
@@ -39,26 +49,37 @@ class UniformDequantization(nn.Module):
     """y = (x + u) / K with u ~ U[0, 1)^D; then, if ``logit_alpha`` > 0, the logit
     preprocessing of RealNVP: y' = logit(alpha + (1 - 2 alpha) y)."""
 
-    def __init__(self, levels: int | None, logit_alpha: float = 0.0):
+    name = "uniform"
+
+    def __init__(self, levels: int | None, logit_alpha: float = 0.0,
+                 event_shape: tuple[int, ...] = (), eval_samples: int = 1):
         super().__init__()
         if levels is None:
-            raise ConfigError("dequant=uniform needs discrete data (images with data.levels); "
-                              "this data set is continuous: use dequant=none (or dequant=auto)")
+            raise ConfigError(f"dequant={self.name} needs discrete data (images with "
+                              f"data.levels); this data set is continuous: use dequant=none "
+                              f"(or dequant=auto)")
         if not 0.0 <= logit_alpha < 0.5:
             raise ConfigError(f"dequant.logit_alpha must be in [0, 0.5); got {logit_alpha}")
+        if eval_samples < 1:
+            raise ConfigError(f"dequant.eval_samples must be at least 1; got {eval_samples}")
         self.levels = int(levels)
         self.logit_alpha = float(logit_alpha)
+        self.eval_samples = int(eval_samples)
+
+    def noise(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """u ~ U[0, 1)^D and log q(u | x) = 0."""
+        u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        return u, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor]:
         """``generator``: where the noise comes from (evaluation passes its own, so it
         neither moves the training RNG nor changes between evaluations)."""
         x = x.float() if not x.is_floating_point() else x
-        noise = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        noise, log_q = self.noise(x, generator)
         y = (x + noise) / self.levels
         n_dims = x[0].numel()
-        log_det = torch.full((x.shape[0],), -n_dims * math.log(self.levels),
-                             dtype=y.dtype, device=y.device)
+        log_det = -n_dims * math.log(self.levels) - log_q
         if self.logit_alpha > 0:
             y, logit_log_det = self.logit(y)
             log_det = log_det + logit_log_det
@@ -79,8 +100,58 @@ class UniformDequantization(nn.Module):
         return torch.floor(y * self.levels).clamp(0, self.levels - 1)
 
 
-def auto_dequantization(levels: int | None, logit_alpha: float = 0.05) -> nn.Module:
+class VariationalDequantization(UniformDequantization):
+    """Flow++'s variational dequantization (Ho et al. 2019): u = sigmoid(g(eps; x)) with
+    eps ~ N(0, I) and g a conditional affine coupling flow whose networks see x through a
+    convolutional encoder. Trained jointly with the model, whose loss is then the bound
+    -log P(x) <= E_q[-log p((x + u) / K) + D log K + log q(u | x)]."""
+
+    name = "variational"
+
+    def __init__(self, levels: int | None, logit_alpha: float = 0.0,
+                 event_shape: tuple[int, ...] = (), eval_samples: int = 16,
+                 n_couplings: int = 4, n_filters: int = 32, n_blocks: int = 1,
+                 context_channels: int = 16):
+        super().__init__(levels, logit_alpha, event_shape, eval_samples)
+        if len(event_shape) != 3:
+            raise ConfigError(f"dequant=variational takes images [N, C, H, W]; got data of "
+                              f"shape [N, {', '.join(map(str, event_shape))}]. Use "
+                              f"dequant=uniform.")
+        if min(n_couplings, n_filters, context_channels) < 1 or n_blocks < 0:
+            raise ConfigError("dequant.n_couplings, dequant.n_filters and "
+                              "dequant.context_channels must be at least 1, dequant.n_blocks "
+                              "at least 0")
+        channels = event_shape[0]
+        # Not zero-initialized: the couplings see informative features from the first step.
+        self.encoder = ResNet(channels, context_channels, n_filters, n_blocks,
+                              zero_output=False)
+        self.couplings = nn.ModuleList(
+            AffineCoupling(checkerboard_mask(tuple(event_shape), index % 2),
+                           ResNet(channels + context_channels, 2 * channels, n_filters,
+                                  n_blocks))
+            for index in range(n_couplings))
+        self.base = StandardNormal(tuple(event_shape))
+
+    def transform_noise(self, eps: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """u = sigmoid(g(eps; x)) and log|du/deps| per example."""
+        context = self.encoder(2 * x / max(self.levels - 1, 1) - 1)  # data scaled to [-1, 1]
+        v, log_det = eps, torch.zeros(eps.shape[0], dtype=eps.dtype, device=eps.device)
+        for coupling in self.couplings:
+            v, coupling_log_det = coupling(v, context=context)
+            log_det = log_det + coupling_log_det
+        sigmoid_log_det = (F.logsigmoid(v) + F.logsigmoid(-v)).flatten(1).sum(dim=1)
+        return torch.sigmoid(v), log_det + sigmoid_log_det
+
+    def noise(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        u, log_det = self.transform_noise(eps, x)
+        return u, self.base.log_prob(eps) - log_det
+
+
+def auto_dequantization(levels: int | None, logit_alpha: float = 0.05,
+                        event_shape: tuple[int, ...] = (), eval_samples: int = 1
+                        ) -> nn.Module:
     """``dequant=auto``: uniform dequantization for discrete data, none for continuous."""
     if levels is None:
         return NoDequantization()
-    return UniformDequantization(levels, logit_alpha)
+    return UniformDequantization(levels, logit_alpha, event_shape, eval_samples)

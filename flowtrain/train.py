@@ -1,4 +1,5 @@
-"""The ``flowtrain`` command: compose the config with Hydra, build the run, train it."""
+"""The ``flowtrain`` command: compose the config with Hydra, then train a run, or evaluate
+or sample from a checkpoint (``task=eval|sample``, in flowtrain.tasks)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from flowtrain.config import config_dir, register_configs
+from flowtrain.checkpoint_config import RECORDED_GROUPS, with_checkpoint_choices
+from flowtrain.config import Task, config_dir, register_configs
 from flowtrain.errors import ConfigError, user_error_in
 
 log = logging.getLogger("flowtrain")
@@ -24,10 +26,11 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Train one run; returns its final test bits/dim (what a sweeper would minimise)."""
+def run(cfg: DictConfig) -> float | None:
+    """Train one run, or evaluate or sample from a checkpoint; returns the test bits/dim
+    (what a sweeper would minimise), None after sampling."""
     try:
-        return train(cfg)
+        return run_task(cfg)
     except MissingMandatoryValue as error:
         key = getattr(error, "full_key", None) or "a key"
         log.error("%s has no value; set it on the command line (%s=...).", key, key)
@@ -39,6 +42,43 @@ def main(cfg: DictConfig) -> float:
     sys.exit(2)
 
 
+def main() -> None:
+    """The ``flowtrain`` command. For task=eval|sample, the checkpoint's own model, data and
+    dequant options are named first, so their keys compose (data.root=... on a CIFAR-10
+    checkpoint) as they did in training."""
+    sys.argv = with_checkpoint_choices(sys.argv)
+    run()
+
+
+def run_task(cfg: DictConfig) -> float | None:
+    task = Task(cfg.task)
+    hydra_config = HydraConfig.get()
+    if task is Task.train:
+        if cfg.ckpt is not None:
+            raise ConfigError("ckpt= is read by task=eval and task=sample; to continue "
+                              "training from a checkpoint use resume=PATH.")
+        return train(cfg)
+    from flowtrain.tasks import run_checkpoint_task
+    from flowtrain.training.distributed import Ranks
+
+    if Ranks.from_environment().distributed:
+        raise ConfigError(f"task={task.value} runs in one process; start it without torchrun.")
+    use_threads(cfg.threads, hydra_config)
+    return run_checkpoint_task(cfg, Path(hydra_config.runtime.output_dir),
+                               list(hydra_config.overrides.task))
+
+
+def use_threads(requested: int | None, hydra_config: DictConfig) -> None:
+    import torch
+
+    from flowtrain.training.runtime import cpu_threads
+
+    threads = cpu_threads(requested, hydra_config.launcher)
+    if threads is not None:
+        torch.set_num_threads(threads)
+        log.info("torch uses %d CPU thread(s)", threads)
+
+
 def resume_command(task_overrides: list[str], run_dir: Path) -> str:
     """The command that continues this run: its own overrides, its folder, resume=true."""
     kept = [item for item in task_overrides
@@ -48,18 +88,12 @@ def resume_command(task_overrides: list[str], run_dir: Path) -> str:
 
 
 def train(cfg: DictConfig) -> float:
-    import torch  # heavy imports after Hydra has parsed argv
-
-    from flowtrain.build import build_trainer
+    from flowtrain.build import build_trainer  # heavy imports after Hydra has parsed argv
     from flowtrain.training.distributed import Ranks, leave_process_group
-    from flowtrain.training.runtime import cpu_threads
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
-    threads = cpu_threads(cfg.threads, hydra_config.launcher)
-    if threads is not None:
-        torch.set_num_threads(threads)
-        log.info("torch uses %d CPU thread(s)", threads)
+    use_threads(cfg.threads, hydra_config)
     ranks = Ranks.from_environment()
     if ranks.distributed and hydra_config.mode == RunMode.MULTIRUN:
         raise ConfigError("-m (a sweep) and torchrun do not mix: every process would run "
@@ -67,8 +101,11 @@ def train(cfg: DictConfig) -> float:
     if not ranks.is_main:  # rank 0 speaks for the run; the others only warn
         logging.getLogger("flowtrain").setLevel(logging.WARNING)
     try:
+        choices = {group: hydra_config.runtime.choices.get(group)
+                   for group in RECORDED_GROUPS}
         trainer = build_trainer(cfg, run_dir,
-                                resume_command(hydra_config.overrides.task, run_dir), ranks)
+                                resume_command(hydra_config.overrides.task, run_dir), ranks,
+                                choices)
         log.info("run folder: %s%s", run_dir,
                  f" ({ranks.world_size} processes)" if ranks.distributed else "")
         metrics = trainer.run()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -46,6 +47,22 @@ def save_panels(images: list[np.ndarray], titles: list[str], path: Path, *, acro
     figure.tight_layout()
     figure.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(figure)
+
+
+def compare(runs: dict[str, list[str]], common: list[str], figure: Path
+            ) -> list[tuple[str, dict]]:
+    """Train every run (its overrides after ``common``) in a temporary folder, put their
+    last sample grids side by side in ``figure``, and return (name, metrics) per run."""
+    rows, images = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for index, (name, overrides) in enumerate(runs.items()):
+            run_dir = Path(folder) / str(index)
+            rows.append((name, train(run_dir, [*common, *overrides])))
+            images.append(last_image(run_dir, "samples"))
+    titles = [f"{name}\ntest {metrics['test_bpd']:.3f} bits/dim" for name, metrics in rows]
+    save_panels(images, titles, figure, across=True, panel_size=(5, 5.4), dpi=60,
+                fontsize=13)
+    return rows
 
 
 def last_image(run_dir: Path, tag: str) -> np.ndarray:

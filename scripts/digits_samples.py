@@ -8,13 +8,12 @@ a markdown results table.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-from cli_runs import last_image, save_panels, setup_line, train  # noqa: E402
+from cli_runs import compare, setup_line  # noqa: E402
 
 RUNS = {
     "realnvp": ["model=realnvp"],
@@ -25,16 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main(extra: list[str]) -> None:
-    rows, images = [], []
-    with tempfile.TemporaryDirectory() as folder:
-        for index, (name, overrides) in enumerate(RUNS.items()):
-            run_dir = Path(folder) / str(index)
-            rows.append((name, train(run_dir, ["data=digits", "device=cpu", *overrides,
-                                               *extra])))
-            images.append(last_image(run_dir, "samples"))
-    titles = [f"{name}\ntest {metrics['test_bpd']:.3f} bits/dim" for name, metrics in rows]
-    save_panels(images, titles, REPO / "docs" / "digits_samples.png", across=True,
-                panel_size=(5, 5.4), dpi=60, fontsize=13)
+    rows = compare(RUNS, ["data=digits", "device=cpu", *extra],
+                   REPO / "docs" / "digits_samples.png")
     print(setup_line(extra))
     print("| model | steps | parameters | test bpd | train bpd | wall (s) |")
     print("| --- | --- | --- | --- | --- | --- |")

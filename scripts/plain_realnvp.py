@@ -44,3 +44,23 @@ class PlainRealNVP(nn.Module):
         n_dims = x[0].numel()
         base = -0.5 * x.square().flatten(1).sum(dim=1) - 0.5 * n_dims * math.log(2 * math.pi)
         return base + log_det.flatten(1).sum(dim=1)
+
+
+class CouplingNetworksOnly(nn.Module):
+    """The coupling networks of a RealNVP alone, each on an input of the shape it sees
+    inside the flow (which needs its gradient, as there): no masks, transforms, log-dets
+    or base density. Its speed is the ceiling of any RealNVP with these networks, so
+    ``scripts/bench.py`` shows how much of a step the rest can cost at most."""
+
+    def __init__(self, model: RealNVP):
+        super().__init__()
+        couplings = [layer for layer in model.transforms if isinstance(layer, AffineCoupling)]
+        self.coupling_nets = nn.ModuleList(coupling.coupling_net for coupling in couplings)
+        self.input_shapes = [tuple(coupling.mask.shape[1:]) for coupling in couplings]
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for net, shape in zip(self.coupling_nets, self.input_shapes, strict=True):
+            inputs = x.new_ones((x.shape[0], *shape)).requires_grad_()
+            total = total + net(inputs).flatten(1).sum(dim=1)
+        return total

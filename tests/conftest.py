@@ -57,3 +57,13 @@ def cli_with_patch(patch: str, *args: str) -> list[str]:
     program = (f"import sys\nsys.argv = ['flowtrain', *{list(args)!r}]\n{patch}\n"
                "from flowtrain.train import main\nmain()\n")
     return [sys.executable, "-c", program]
+
+
+def whole_and_resumed(tmp_path: Path, common: list[str], stop_at: int) -> tuple[dict, dict]:
+    """The metrics of a run in one go, and of the same run stopped at ``stop_at`` steps
+    and resumed to the end: a resume must not change a single number."""
+    run_cli(*common, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    run_cli(*common, f"train.steps={stop_at}", f"hydra.run.dir={tmp_path / 'split'}",
+            cwd=tmp_path)
+    run_cli(*common, f"hydra.run.dir={tmp_path / 'split'}", "resume=true", cwd=tmp_path)
+    return read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "split")

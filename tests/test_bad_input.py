@@ -146,3 +146,69 @@ def test_zero_interval_is_refused_before_training(tmp_path):
     out = _fails("model=mixture_cdf", "data=gmm1d", "train.log_every=0",
                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert "train.log_every must be at least 1" in out
+
+
+def test_variational_dequantization_of_continuous_data_names_the_fix(tmp_path):
+    output = _fails(*TINY_RUN, "dequant=variational", f"hydra.run.dir={tmp_path}",
+                    cwd=tmp_path)
+    assert "dequant=variational needs discrete data" in output and "dequant=none" in output
+
+
+# --- task=eval and task=sample ----------------------------------------------------------
+
+
+def _refused(*args, cwd):
+    """flowtrain's own refusal: exit status 2, the message alone."""
+    result = run_cli(*args, cwd=cwd, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("task", ["eval", "sample"])
+def test_eval_or_sample_without_a_checkpoint_names_the_key(tmp_path, task):
+    out = _refused(f"task={task}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert f"task={task} needs a checkpoint: add ckpt=PATH" in out
+
+
+def test_eval_of_a_missing_checkpoint_names_the_fix(tmp_path):
+    out = _refused("task=eval", f"ckpt={tmp_path / 'absent.pt'}",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "no checkpoint at" in out and "absent.pt" in out and "ckpt=PATH" in out
+
+
+def test_eval_of_a_truncated_checkpoint_is_refused(tmp_path, trained):
+    last = _copy(trained, tmp_path) / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    out = _refused("task=sample", f"ckpt={last}", f"hydra.run.dir={tmp_path / 'out'}",
+                   cwd=tmp_path)
+    assert "is corrupt or truncated and was not loaded" in out
+
+
+@pytest.mark.parametrize("override, complaint", [
+    ("model.n_components=3", "model.n_components: saved 8, given 3"),
+    ("model=arflow2d", "model: saved mixture_cdf, given arflow2d"),
+    ("dequant=none", "dequant: saved auto, given none"),
+])
+def test_eval_with_a_model_override_that_contradicts_the_checkpoint(tmp_path, trained,
+                                                                   override, complaint):
+    out = _refused("task=eval", f"ckpt={trained / 'checkpoints' / 'last.pt'}", override,
+                   f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert "was trained with other settings" in out and complaint in out
+
+
+def test_eval_on_data_of_another_shape_names_both_shapes(tmp_path, trained):
+    out = _refused("task=eval", f"ckpt={trained / 'checkpoints' / 'last.pt'}", "data=toy2d",
+                   f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert "(moons) has examples of shape (2,)" in out and "model for shape (1,)" in out
+
+
+def test_unknown_task_lists_the_choices(tmp_path):
+    out = _fails("task=fit", cwd=tmp_path)
+    assert "expected one of [train, eval, sample]" in out
+
+
+def test_ckpt_while_training_points_to_resume(tmp_path):
+    out = _refused(*TINY_RUN, "ckpt=some.pt", f"hydra.run.dir={tmp_path / 'run'}",
+                   cwd=tmp_path)
+    assert "ckpt= is read by task=eval and task=sample" in out and "resume=PATH" in out

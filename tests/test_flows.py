@@ -12,6 +12,7 @@ from flowtrain.errors import ConfigError
 from flowtrain.flows.autoregressive import AutoregressiveFlow
 from flowtrain.flows.base import FlowModel
 from flowtrain.flows.gated_pixelcnn import GatedPixelCNN
+from flowtrain.flows.glow import Glow
 from flowtrain.flows.made import MADE
 from flowtrain.flows.mixture_cdf import MixtureCDFFlow
 from flowtrain.flows.pixelcnn import PixelCNN, PixelCNNFlow
@@ -42,6 +43,9 @@ FLOWS = {
     "realnvp-3x4x4": lambda: RealNVP((3, 4, 4), n_filters=4, n_blocks=1, checkerboard_in=2,
                                      channelwise=2, checkerboard_out=1),
     "realnvp-2x2x6": lambda: RealNVP((2, 2, 6), n_filters=3, n_blocks=0),
+    "glow-1x4x4-2levels": lambda: Glow((1, 4, 4), levels=2, steps=2, n_filters=4, n_blocks=1),
+    "glow-3x4x4": lambda: Glow((3, 4, 4), levels=2, steps=1, n_filters=4, n_blocks=0),
+    "glow-2x4x8-1level": lambda: Glow((2, 4, 8), levels=1, steps=3, n_filters=3, n_blocks=1),
     "pixelcnn-1x4x4": lambda: PixelCNNFlow((1, 4, 4), n_components=3, n_filters=6, n_blocks=1),
     "pixelcnn-3x3x3-gaussian": lambda: PixelCNNFlow((3, 3, 3), n_components=2,
                                                     family="gaussian", n_filters=6, n_blocks=2),

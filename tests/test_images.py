@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_metrics, run_cli
+from conftest import read_metrics, run_cli, whole_and_resumed
 
 from flowtrain.data.images import Digits, TorchvisionImages
 from flowtrain.errors import DataError
@@ -156,10 +156,7 @@ def test_resumed_image_run_matches_an_uninterrupted_one(tmp_path):
     """RealNVP on digits (dequantization noise, ActNorm): 3 steps, then resumed to 6,
     ends with the same test NLL, bit for bit, as 6 steps in one go."""
     common = [*TINY_REALNVP, "data=digits", "optim.schedule=constant", "device=cpu"]
-    run_cli(*common, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
-    run_cli(*common, "train.steps=3", f"hydra.run.dir={tmp_path / 'split'}", cwd=tmp_path)
-    run_cli(*common, f"hydra.run.dir={tmp_path / 'split'}", "resume=true", cwd=tmp_path)
-    whole, split = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "split")
+    whole, split = whole_and_resumed(tmp_path, common, stop_at=3)
     assert split["steps"] == whole["steps"] == 6
     assert split["test_nll"] == whole["test_nll"]
 

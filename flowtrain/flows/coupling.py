@@ -39,8 +39,10 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Module:
 class ResidualBlock(nn.Module):
     def __init__(self, n_filters: int):
         super().__init__()
-        self.body = nn.Sequential(nn.ReLU(), _conv(n_filters, n_filters, 3), nn.ReLU(),
-                                  _conv(n_filters, n_filters, 3))
+        # The first ReLU keeps x for the skip connection; the second may overwrite the
+        # convolution's output, which its backward does not need.
+        self.body = nn.Sequential(nn.ReLU(), _conv(n_filters, n_filters, 3),
+                                  nn.ReLU(inplace=True), _conv(n_filters, n_filters, 3))
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -49,22 +51,28 @@ class ResidualBlock(nn.Module):
 class ResNet(nn.Module):
     """The coupling network: weight-normalized 3x3 convolutions with residual blocks."""
 
-    def __init__(self, in_channels: int, out_channels: int, n_filters: int, n_blocks: int):
+    def __init__(self, in_channels: int, out_channels: int, n_filters: int, n_blocks: int,
+                 zero_output: bool = True):
         super().__init__()
         self.input = _conv(in_channels, n_filters, 3)
         self.blocks = nn.Sequential(*(ResidualBlock(n_filters) for _ in range(n_blocks)))
         self.output = nn.Conv2d(n_filters, out_channels, 3, padding=1)
-        # Zero output: every coupling starts as the identity, which keeps deep flows stable.
-        nn.init.zeros_(self.output.weight)
-        nn.init.zeros_(self.output.bias)
+        if zero_output:
+            # Every coupling starts as the identity, which keeps deep flows stable.
+            nn.init.zeros_(self.output.weight)
+            nn.init.zeros_(self.output.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.output(F.relu(self.blocks(self.input(x))))
+        return self.output(F.relu(self.blocks(self.input(x)), inplace=True))
 
 
 class AffineCoupling(Bijection):
     """z = m * x + (1 - m) * (x * exp(s(m * x)) + t(m * x)), with the log-scale bounded as
-    s = scale * tanh(raw) + shift (learned scale and shift per channel)."""
+    s = scale * tanh(raw) + shift (learned scale and shift per channel).
+
+    ``context``: features the network also sees, concatenated to m * x along channels
+    (a conditional flow, as in variational dequantization's q(u | x)); its network then
+    takes C + context channels in."""
 
     def __init__(self, mask: Tensor, coupling_net: nn.Module):
         super().__init__()
@@ -74,20 +82,22 @@ class AffineCoupling(Bijection):
         self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
         self.shift = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
-    def _scale_and_translation(self, x_kept: Tensor) -> tuple[Tensor, Tensor]:
+    def _scale_and_translation(self, x_kept: Tensor, context: Tensor | None
+                               ) -> tuple[Tensor, Tensor]:
+        inputs = x_kept if context is None else torch.cat([x_kept, context], dim=1)
         # Back to the input's dtype: under bf16 autocast only the network runs in bf16,
         # never the transform or its log-det.
-        raw_log_scale, translation = (self.coupling_net(x_kept).to(x_kept.dtype)
+        raw_log_scale, translation = (self.coupling_net(inputs).to(x_kept.dtype)
                                       .chunk(2, dim=1))
         log_scale = self.scale * torch.tanh(raw_log_scale) + self.shift
         free = 1.0 - self.mask
         return log_scale * free, translation * free
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale, translation = self._scale_and_translation(x * self.mask)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        log_scale, translation = self._scale_and_translation(x * self.mask, context)
         z = x * torch.exp(log_scale) + translation
         return z, log_scale.flatten(1).sum(dim=1)
 
-    def inverse(self, z: Tensor) -> Tensor:
-        log_scale, translation = self._scale_and_translation(z * self.mask)
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        log_scale, translation = self._scale_and_translation(z * self.mask, context)
         return (z - translation) * torch.exp(-log_scale)

@@ -94,12 +94,15 @@ class _WriteErrorKeeper:
         self.file.flush()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; refuse anything else with a reason."""
+_RESUME_HINT = ("Pass resume=PATH to a checkpoint file, or resume=true inside a run folder "
+                "that has checkpoints/last.pt.")
+
+
+def load_checkpoint(path: Path, missing_hint: str = _RESUME_HINT) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; refuse anything else with a reason.
+    ``missing_hint``: how to name a checkpoint, said when there is none at ``path``."""
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}. Pass resume=PATH to a checkpoint "
-                              "file, or resume=true inside a run folder that has "
-                              "checkpoints/last.pt.")
+        raise CheckpointError(f"no checkpoint at {path}. {missing_hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -119,7 +122,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def check_state_dict_matches(module: nn.Module, saved: dict[str, torch.Tensor],
-                             what: str, path: Path) -> None:
+                             what: str, path: Path,
+                             fix: str = "Resume with the config it was trained with.") -> None:
     """Name the first differences between a saved state dict and ``module``, if any."""
     expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in saved.items()}
@@ -131,7 +135,7 @@ def check_state_dict_matches(module: nn.Module, saved: dict[str, torch.Tensor],
         listed = "; ".join(sorted(problems)[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise CheckpointError(f"{path} holds a different {what} than this run builds: "
-                              f"{listed}{more}. Resume with the config it was trained with.")
+                              f"{listed}{more}. {fix}")
 
 
 def all_finite(module: nn.Module) -> bool:

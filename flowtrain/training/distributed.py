@@ -85,6 +85,15 @@ class Ranks:
         return total / self.world_size
 
 
+    def average_gradients(self, parameters: list[nn.Parameter]) -> None:
+        """What DDP does for the model, for parameters outside it (a learned dequantizer)."""
+        if not self.distributed:
+            return
+        for parameter in parameters:
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= self.world_size
+
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` holds on any rank: a stop that only some ranks received must
         stop them all at the same step, or the others wait forever in the next

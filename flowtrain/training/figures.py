@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import matplotlib
 
@@ -116,8 +117,9 @@ def density_2d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
     return figure
 
 
-def image_grid(images: torch.Tensor, levels: int) -> torch.Tensor:
-    """Integer images [N, C, H, W] in 0 .. levels-1 -> one [3, H', W'] grid in [0, 1].
+def image_grid(images: torch.Tensor, levels: int, per_row: int | None = None) -> torch.Tensor:
+    """Integer images [N, C, H, W] in 0 .. levels-1 -> one [3, H', W'] grid in [0, 1],
+    ``per_row`` images a row (default: about a square).
 
     Images smaller than 32 pixels are enlarged (nearest neighbour) so TensorBoard shows
     8x8 digits at a size a person can read."""
@@ -129,8 +131,19 @@ def image_grid(images: torch.Tensor, levels: int) -> torch.Tensor:
     factor = max(1, 32 // min(images.shape[-2:]))
     if factor > 1:
         scaled = scaled.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    per_row = max(1, int(math.sqrt(len(images))))
+    per_row = per_row or max(1, int(math.sqrt(len(images))))
     return make_grid(scaled, nrow=per_row, padding=1, pad_value=1.0)
+
+
+def save_picture(picture: Figure | torch.Tensor, path: Path) -> None:
+    """A matplotlib figure or an image tensor [C, H, W] in [0, 1] as a PNG file."""
+    if isinstance(picture, Figure):
+        picture.savefig(path, dpi=100)
+        plt.close(picture)
+    else:
+        from torchvision.utils import save_image
+
+        save_image(picture, path)
 
 
 _IMAGE_GRID_SIZE = 64

@@ -7,6 +7,8 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from flowtrain.likelihood import Preprocessing, bits_per_dim, negative_log_likel
 from flowtrain.training.batches import BatchStream
 from flowtrain.training.checkpoint import all_finite, remove_partial_writes, save_checkpoint
 from flowtrain.training.distributed import DataParallelFlow, Ranks
+from flowtrain.training.evaluation import evaluate_test_split, evaluation_mode, mean_nll
 from flowtrain.training.figures import figures_for
 from flowtrain.training.logger import RunLogger
 from flowtrain.training.runtime import autocast, rng_state, set_rng_state
@@ -140,7 +143,11 @@ class Trainer:
         self.device = device
         self.seed = seed
         self.checkpoint_dir = run_dir / "checkpoints"
+        # A learned dequantizer's parameters train with the model's; DDP only sees the model's.
+        self.dequant_parameters = [p for p in state.preprocessing.parameters()
+                                   if p.requires_grad]
         self.parameters = [p for p in state.model.parameters() if p.requires_grad]
+        self.parameters += self.dequant_parameters
         if cfg.compile:
             # In place, so the state dict keeps its keys and checkpoints stay interchangeable.
             state.model.compile()
@@ -151,24 +158,18 @@ class Trainer:
 
     # --- measuring -------------------------------------------------------------------
 
-    @torch.no_grad()
-    def evaluate(self, points: torch.Tensor) -> float:
-        """Mean NLL (nats per example) over ``points``, in evaluation batches."""
-        self.state.model.eval()
-        # The same dequantization noise at every evaluation, drawn apart from training's.
-        generator = torch.Generator(self.device).manual_seed(self.seed)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for batch in points.split(self.cfg.eval_batch_size):
-            # fp32 whatever train.precision is, so bits/dim compare across runs
-            nll = negative_log_likelihood(self.state.model, self.state.preprocessing,
-                                          batch.to(self.device), generator=generator)
-            total += nll.double().sum()
-        self.state.model.train()
-        return total.item() / len(points)
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Model and dequantizer in eval mode, and back to training after."""
+        with evaluation_mode(self.state.model, self.state.preprocessing):
+            yield
 
-    def true_test_nll(self) -> float | None:
-        true_log_prob = self.data.true_log_prob(self.data.test)
-        return None if true_log_prob is None else -true_log_prob.double().mean().item()
+    def evaluate(self, points: torch.Tensor, n_samples: int = 1) -> float:
+        """Mean NLL (nats per example) over ``points``, as ``task=eval`` measures it (the
+        dequantization bound, or the importance-weighted estimate over ``n_samples``)."""
+        return mean_nll(self.state.model, self.state.preprocessing, points,
+                        batch_size=self.cfg.eval_batch_size, device=self.device,
+                        seed=self.seed, n_samples=n_samples)
 
     @torch.no_grad()
     def draw_samples(self, n: int) -> torch.Tensor:
@@ -176,10 +177,9 @@ class Trainer:
         own so that drawing them does not move the training RNG (a resumed run must see the
         same random numbers)."""
         generator = torch.Generator(self.device).manual_seed(self.seed + self.state.step)
-        self.state.model.eval()
-        samples = self.state.model.sample(n, temperature=self.cfg.sample_temperature,
-                                          generator=generator)
-        self.state.model.train()
+        with self.evaluating():
+            samples = self.state.model.sample(n, temperature=self.cfg.sample_temperature,
+                                              generator=generator)
         return self.state.preprocessing.restore(samples)
 
     # --- writing ---------------------------------------------------------------------
@@ -187,7 +187,7 @@ class Trainer:
     def save(self, name: str) -> None:
         if not self.ranks.is_main:
             return
-        if not all_finite(self.state.model):
+        if not (all_finite(self.state.model) and all_finite(self.state.preprocessing)):
             raise NonFiniteError(
                 f"step {self.state.step}: the model holds NaN or infinite weights; "
                 f"checkpoints/{name} was not overwritten. Lower optim.lr or train.grad_clip.")
@@ -211,6 +211,7 @@ class Trainer:
                                           keep=self.batch_slice).mean()
         state.optimizer.zero_grad(set_to_none=True)
         nll.backward()
+        self.ranks.average_gradients(self.dequant_parameters)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
         # The global batch's loss: every rank then makes the same skip decision.
@@ -310,6 +311,8 @@ class Trainer:
             metrics = self.final_metrics(train_bpd, first_step, train_seconds,
                                          time.perf_counter() - started)
             metrics["stopped_by"] = stop.requested or ("another rank" if stopping else None)
+            if "test_bpd_iw" in metrics:
+                logger.scalars({"test/bpd_iw": metrics["test_bpd_iw"]}, state.step)
             self.log_hyperparameters(logger, metrics)
         finally:
             progress.close()
@@ -323,7 +326,7 @@ class Trainer:
         config = {key: value for key, value in self.state.extra.get("config", {}).items()
                   if key != "resume"}
         results = {f"hparams/{key}": metrics[key] for key in
-                   ("test_bpd", "best_test_bpd", "train_bpd", "test_nll")
+                   ("test_bpd", "best_test_bpd", "train_bpd", "test_nll", "test_bpd_iw")
                    if isinstance(metrics.get(key), float)}
         logger.hyperparameters(config, results, self.state.step)
 
@@ -342,25 +345,23 @@ class Trainer:
 
     def final_metrics(self, train_bpd: float | None, first_step: int, train_seconds: float,
                       wall_seconds: float) -> dict[str, Any]:
-        if self.last_test_nll is not None and self.last_test_nll[0] == self.state.step:
-            test_nll = self.last_test_nll[1]
-        else:
-            test_nll = self.evaluate(self.data.test)
+        known = self.last_test_nll  # already measured at this step: not measured again
+        test = evaluate_test_split(
+            self.state.model, self.state.preprocessing, self.data,
+            batch_size=self.cfg.eval_batch_size, device=self.device, seed=self.seed,
+            test_nll=known[1] if known is not None and known[0] == self.state.step else None)
         steps_run = self.state.step - first_step
         metrics: dict[str, Any] = {
             "steps": self.state.step,
             "train_bpd": train_bpd,
-            "test_nll": test_nll,
-            "test_bpd": bits_per_dim(test_nll, self.data.n_dims),
+            "test_nll": test["test_nll"],
+            "test_bpd": test["test_bpd"],
             "best_test_bpd": self.state.best_test_bpd,
             "wall_s": wall_seconds,
             "train_samples_per_s": steps_run * self.cfg.batch_size / max(train_seconds, 1e-9),
             "params": sum(p.numel() for p in self.state.model.parameters()),
+            "dequant_params": sum(p.numel() for p in self.dequant_parameters),
             "device": str(self.device),
             "nonfinite_steps": self.state.nonfinite.total,
         }
-        test_nll_true = self.true_test_nll()
-        if test_nll_true is not None:
-            metrics["test_nll_true"] = test_nll_true
-            metrics["test_nll_gap"] = test_nll - test_nll_true
-        return metrics
+        return metrics | test

@@ -1,0 +1,141 @@
+"""The config a checkpoint is evaluated or sampled under: the one stored in it, with only
+the command-line keys that say how to evaluate or sample on top.
+
+A checkpoint alone is enough: its resolved config rebuilds the model, dequantizer and
+data. The command line may point it at other data of the same shape (``data=...``,
+``data.root=...``) and choose the device, the evaluation batch size, the seed of the
+evaluation noise, ``dequant.eval_samples`` and ``sample.*``; a model or dequantizer key that
+contradicts the checkpoint is refused with the key, the saved value and the given one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from flowtrain.config import Config
+from flowtrain.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+# Groups whose option a checkpoint records (checkpoint key "choices"), so that
+# `task=eval ckpt=PATH data.root=...` composes against the checkpoint's own options.
+RECORDED_GROUPS = ("model", "data", "dequant", "optim")
+_SET_BY_CHOICES = ("model", "data", "dequant")
+_FIXED = ("model", "dequant")  # what the saved weights are; the command line may not change
+_HOW_TO_EVALUATE = {"dequant.eval_samples", "train.eval_batch_size", "seed"}
+_OF_THIS_PROCESS = ("task", "ckpt", "sample", "device", "threads")  # never from the checkpoint
+
+
+def with_checkpoint_choices(argv: list[str]) -> list[str]:
+    """``argv`` with the checkpoint's model, data and dequant options put first, for
+    ``task=eval|sample ckpt=PATH`` runs that do not name them, so that keys of those
+    groups (``data.root=...``) compose against the options the checkpoint was trained
+    with rather than the defaults. Anything unusual is left alone: the task itself then
+    reports a missing or corrupt checkpoint."""
+    words = argv[1:]
+    values = dict(word.split("=", 1) for word in words if "=" in word)
+    if (values.get("task") not in ("eval", "sample") or not values.get("ckpt")
+            or {"-m", "--multirun"} & set(words)):
+        return argv
+    choices = _stored_choices(Path(values["ckpt"].strip("'\"")).expanduser())
+    named = {key.lstrip("+~") for key in values}
+    added = [f"{group}={choices[group]}" for group in _SET_BY_CHOICES
+             if isinstance(choices.get(group), str) and group not in named]
+    return [argv[0], *added, *words]
+
+
+def _stored_choices(path: Path) -> dict[str, Any]:
+    import torch  # only for eval and sample runs
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any failure: compose as usual; the task explains it
+        return {}
+    choices = saved.get("choices") if isinstance(saved, dict) else None
+    return choices if isinstance(choices, dict) else {}
+
+
+def _get(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _set(tree: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = copy.deepcopy(value)
+
+
+def _differences(saved: Any, given: Any, key: str) -> list[str]:
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return [difference for name in sorted(saved.keys() | given.keys())
+                for difference in _differences(saved.get(name), given.get(name),
+                                               f"{key}.{name}")]
+    return [] if saved == given else [f"{key}: saved {saved!r}, given {given!r}"]
+
+
+def checkpoint_config(saved: dict[str, Any], cfg: DictConfig, typed: list[str],
+                      path: Path) -> DictConfig:
+    """The checkpoint's stored config, with the overrides in ``typed`` (what the user
+    wrote, as Hydra records it) that may change applied from the composed ``cfg``."""
+    stored = saved.get("config")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path} holds no config to rebuild its model from.")
+    choices = saved.get("choices") or {}
+    given = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    merged = copy.deepcopy(stored)
+    contradictions, ignored = [], []
+    for override in OverridesParser.create().parse_overrides(typed):
+        key = override.key_or_group
+        group = key.split(".")[0]
+        if group in _OF_THIS_PROCESS:
+            continue
+        if override.is_delete():
+            raise ConfigError(f"~{key}: task={cfg.task.value} cannot delete keys from the "
+                              f"checkpoint's config; set them instead ({key}=...)")
+        if key in _HOW_TO_EVALUATE:
+            _set(merged, key, _get(given, key))
+        elif key == "data":
+            if override.value() != choices.get("data"):  # another data set: all its keys
+                merged["data"] = copy.deepcopy(given["data"])
+        elif group == "data":
+            _set(merged, key, _get(given, key))
+        elif key in _FIXED:
+            if choices.get(key) is not None:
+                if override.value() != choices[key]:
+                    contradictions.append(f"{key}: saved {choices[key]}, "
+                                          f"given {override.value()}")
+            else:  # an older checkpoint without its options: compare every key
+                contradictions += _differences(stored.get(key), given.get(key), key)
+        elif group in _FIXED:
+            contradictions += _differences(_get(stored, key), _get(given, key), key)
+        else:
+            ignored.append(key)
+    if contradictions:
+        listed = "; ".join(contradictions[:5])
+        raise CheckpointError(
+            f"{path} was trained with other settings than the command line gives: {listed}. "
+            f"task={cfg.task.value} rebuilds the model and dequantizer exactly as saved; drop "
+            f"those overrides (data, dequant.eval_samples, train.eval_batch_size, seed, "
+            f"device, threads and sample.* may change).")
+    if ignored:
+        log.warning("ignored by task=%s (the checkpoint's own settings stay): %s",
+                    cfg.task.value, ", ".join(ignored))
+    for key in _OF_THIS_PROCESS:
+        merged[key] = copy.deepcopy(given[key])
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), merged)
+    except OmegaConfBaseException as error:
+        raise CheckpointError(f"{path} stores a config this flowtrain cannot read: "
+                              f"{str(error).splitlines()[0]}") from error

@@ -1,0 +1,74 @@
+"""Glow (Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", 2018).
+
+L levels; each squeezes 2x2 patches into channels and runs K steps of
+ActNorm -> invertible 1x1 convolution -> affine coupling. Every level but the last then
+factors out half its channels under a learned conditional Gaussian prior, and the next
+level works on the other half; the last level has a learned unconditional prior.
+
+The priors are bijections to N(0, I) noise (``flowtrain.flows.multiscale``) and every
+level unsqueezes back, so the whole flow maps [B, C, H, W] to [B, C, H, W] with a
+N(0, I) base, and ``sample(temperature=T)`` is Glow's temperature sampling.
+"""
+
+from __future__ import annotations
+
+from flowtrain.errors import ConfigError
+from flowtrain.flows.actnorm import ActNorm
+from flowtrain.flows.base import Bijection, FlowModel, StandardNormal
+from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask
+from flowtrain.flows.invconv import InvertibleConv1x1
+from flowtrain.flows.multiscale import LearnedPrior, OnKeptHalf, SplitPrior
+from flowtrain.flows.reshape import Squeeze, Unsqueeze
+
+
+def glow_step(shape: tuple[int, int, int], parity: int, n_filters: int,
+              n_blocks: int) -> list[Bijection]:
+    """ActNorm -> invertible 1x1 convolution -> affine coupling on half the channels."""
+    channels = shape[0]
+    coupling_net = ResNet(channels, 2 * channels, n_filters, n_blocks)
+    return [ActNorm(channels), InvertibleConv1x1(channels),
+            AffineCoupling(channel_mask(shape, parity), coupling_net)]
+
+
+def glow_level(shape: tuple[int, int, int], levels: int, steps: int, n_filters: int,
+               n_blocks: int) -> list[Bijection]:
+    """Squeeze, K steps, then split with the finer ``levels - 1`` levels on the kept half
+    (or the learned top prior when this is the last level), unsqueeze."""
+    channels, height, width = shape
+    squeezed = (4 * channels, height // 2, width // 2)
+    layers: list[Bijection] = [Squeeze()]
+    for index in range(steps):
+        # Alternating halves: every channel is transformed even while the 1x1
+        # convolutions are still close to their initial rotation.
+        layers += glow_step(squeezed, index % 2, n_filters, n_blocks)
+    if levels == 1:
+        layers.append(LearnedPrior(squeezed))
+    else:
+        kept = (2 * channels, height // 2, width // 2)
+        layers += [SplitPrior(squeezed[0]),
+                   OnKeptHalf(glow_level(kept, levels - 1, steps, n_filters, n_blocks))]
+    return layers + [Unsqueeze()]
+
+
+class Glow(FlowModel):
+    """``model=glow``."""
+
+    def __init__(self, event_shape: tuple[int, ...], levels: int = 3, steps: int = 8,
+                 n_filters: int = 32, n_blocks: int = 1):
+        if len(event_shape) != 3:
+            raise ConfigError(f"model=glow takes images [N, C, H, W]; got data of shape "
+                              f"[N, {', '.join(map(str, event_shape))}]. For points use "
+                              f"model=arflow2d or model=mixture_cdf.")
+        if min(levels, steps, n_filters) < 1 or n_blocks < 0:
+            raise ConfigError(f"model.levels, model.steps and model.n_filters must be at "
+                              f"least 1 and model.n_blocks at least 0; got levels={levels}, "
+                              f"steps={steps}, n_filters={n_filters}, n_blocks={n_blocks}")
+        channels, height, width = event_shape
+        factor = 2**levels
+        if height % factor or width % factor:
+            raise ConfigError(f"Glow with model.levels={levels} squeezes {levels} times, so "
+                              f"height and width must be divisible by 2**levels = {factor}; "
+                              f"got {height}x{width}. Lower model.levels, or pad or crop "
+                              f"the images.")
+        layers = glow_level((channels, height, width), levels, steps, n_filters, n_blocks)
+        super().__init__(layers, StandardNormal(tuple(event_shape)))

@@ -1,0 +1,50 @@
+"""Walks through a flow's latent space: encode two data points, follow the straight line
+between their latents, decode every point on it (the picture flow papers show)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from flowtrain.flows.base import FlowModel, StandardNormal, UniformBase
+from flowtrain.likelihood import Preprocessing
+
+
+@dataclass
+class Interpolation:
+    """``pairs`` [P, 2, *event] data points; ``encoded`` [P, 2, *event] their model-space
+    values; ``decoded`` [P, S, *event] the model-space values along each line and
+    ``restored`` the same in data space (endpoints included)."""
+
+    pairs: Tensor
+    encoded: Tensor
+    decoded: Tensor
+    restored: Tensor
+
+
+def can_interpolate(model: FlowModel) -> bool:
+    """A straight line between two latents stays where the base has density: anywhere for
+    N(0, I), and inside the unit cube (convex) for Uniform(0, 1)^D."""
+    return isinstance(model.base, StandardNormal | UniformBase)
+
+
+@torch.no_grad()
+def interpolate(model: FlowModel, preprocessing: Preprocessing, pairs: Tensor, steps: int,
+                generator: torch.Generator | None = None) -> Interpolation:
+    """z_t = (1 - t) f(y_a) + t f(y_b) for ``steps`` values of t from 0 to 1, decoded with
+    f^-1, where y = the preprocessed pair (dequantization noise from ``generator``)."""
+    n_pairs, event_shape = pairs.shape[0], pairs.shape[2:]
+    device = next(model.parameters()).device
+    encoded, _ = preprocessing(pairs.flatten(0, 1).to(device), generator=generator)
+    latent, _ = model(encoded)
+    latent = latent.reshape(n_pairs, 2, *event_shape)
+    weights = torch.linspace(0.0, 1.0, steps, device=device, dtype=latent.dtype)
+    weights = weights.view(1, steps, *([1] * len(event_shape)))
+    path = (1 - weights) * latent[:, :1] + weights * latent[:, 1:]
+    decoded = model.inverse(path.flatten(0, 1))
+    return Interpolation(pairs=pairs, encoded=encoded.reshape(n_pairs, 2, *event_shape),
+                         decoded=decoded.reshape(n_pairs, steps, *event_shape),
+                         restored=preprocessing.restore(decoded).reshape(n_pairs, steps,
+                                                                      *event_shape))

@@ -1,0 +1,194 @@
+"""``task=eval`` and ``task=sample``: what to do with a trained checkpoint.
+
+Both rebuild the model from the config stored in the checkpoint
+(``flowtrain.checkpoint_config``), load its weights, and write into the run folder:
+``eval.json``, or the samples (``samples.npz``), their picture and, for image flows, a
+latent interpolation between test images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from flowtrain.build import build_from_checkpoint
+from flowtrain.checkpoint_config import checkpoint_config
+from flowtrain.config import SampleConfig, Task
+from flowtrain.data.base import FlowData
+from flowtrain.errors import ConfigError
+from flowtrain.flows.base import FlowModel
+from flowtrain.latent import can_interpolate, interpolate
+from flowtrain.likelihood import Preprocessing
+from flowtrain.training.checkpoint import load_checkpoint
+from flowtrain.training.evaluation import (
+    evaluate_test_split,
+    evaluation_generator,
+    evaluation_mode,
+)
+from flowtrain.training.figures import figures_for, image_grid, save_picture
+from flowtrain.training.runtime import seed_everything, select_device
+
+log = logging.getLogger(__name__)
+
+_NAME_A_CHECKPOINT = ("Pass ckpt=PATH to a checkpoint file, such as "
+                      "RUN_FOLDER/checkpoints/best.pt or last.pt.")
+
+
+@dataclass
+class Restored:
+    """A checkpoint rebuilt under the config it runs with now."""
+
+    path: Path
+    cfg: DictConfig
+    step: int
+    device: torch.device
+    model: FlowModel
+    preprocessing: Preprocessing
+    data: FlowData
+
+
+def restore_checkpoint(cfg: DictConfig, typed_overrides: list[str]) -> Restored:
+    """Load ``cfg.ckpt`` and rebuild its model, preprocessing and data, under its stored
+    config with the command line's evaluation and sampling keys on top."""
+    task = Task(cfg.task)
+    if cfg.ckpt is None:
+        raise ConfigError(f"task={task.value} needs a checkpoint: add ckpt=PATH (a run "
+                          f"folder's checkpoints/best.pt or last.pt)")
+    path = Path(cfg.ckpt).expanduser()
+    saved = load_checkpoint(path, missing_hint=_NAME_A_CHECKPOINT)
+    run_cfg = checkpoint_config(saved, cfg, typed_overrides, path)
+    device = select_device(run_cfg.device)
+    seed_everything(run_cfg.seed)
+    model, preprocessing, data = build_from_checkpoint(run_cfg, saved, path, device)
+    step = int(saved.get("step", 0))
+    log.info("%s: step %d, model %s, data %s", path, step,
+             run_cfg.model._target_.rsplit(".", 1)[-1], data.name)
+    return Restored(path, run_cfg, step, device, model, preprocessing, data)
+
+
+def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
+    """The test bits/dim of the checkpoint, measured as its training run measured them;
+    writes ``eval.json``."""
+    started = time.perf_counter()
+    if restored.cfg.train.eval_batch_size < 1:
+        raise ConfigError(f"train.eval_batch_size must be at least 1; got "
+                          f"{restored.cfg.train.eval_batch_size}")
+    metrics = evaluate_test_split(
+        restored.model, restored.preprocessing, restored.data,
+        batch_size=restored.cfg.train.eval_batch_size, device=restored.device,
+        seed=restored.cfg.seed, progress=True)
+    results: dict[str, Any] = {
+        "checkpoint": str(restored.path.resolve()),
+        "step": restored.step,
+        "data": restored.data.name,
+        "n_test": len(restored.data.test),
+        **metrics,
+        "params": sum(p.numel() for p in restored.model.parameters()),
+        "device": str(restored.device),
+        "wall_s": time.perf_counter() - started,
+    }
+    (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    log.info("test: %.4f bits/dim (%.4f nats per example) on %s (%d examples), checkpoint at "
+             "step %d; eval.json is in %s", results["test_bpd"], results["test_nll"],
+             results["data"], results["n_test"], restored.step, run_dir)
+    return results["test_bpd"]
+
+
+def check_sample_config(cfg: SampleConfig) -> None:
+    if cfg.n < 1 or cfg.interpolation_steps < 2 or cfg.interpolation_pairs < 0:
+        raise ConfigError(f"sample.n must be at least 1, sample.interpolation_steps at least 2 "
+                          f"and sample.interpolation_pairs at least 0; got {cfg.n}, "
+                          f"{cfg.interpolation_steps} and {cfg.interpolation_pairs}")
+    if cfg.temperature <= 0:
+        raise ConfigError(f"sample.temperature must be positive; got {cfg.temperature}")
+
+
+def _as_data(values: torch.Tensor, data: FlowData) -> np.ndarray:
+    """Data-space values as the data set stores them (integers for images)."""
+    return values.cpu().to(data.train.dtype).numpy()
+
+
+def sample_checkpoint(restored: Restored, run_dir: Path) -> None:
+    """``sample.n`` samples at ``sample.temperature`` from a generator seeded with
+    ``sample.seed``: samples.npz and a picture; for images also the interpolation."""
+    cfg, model, preprocessing, data = (restored.cfg.sample, restored.model,
+                                       restored.preprocessing, restored.data)
+    generator = torch.Generator(restored.device).manual_seed(cfg.seed)
+    with evaluation_mode(model, preprocessing):
+        samples = preprocessing.restore(model.sample(cfg.n, temperature=cfg.temperature,
+                                                     generator=generator))
+    np.savez(run_dir / "samples.npz", samples=_as_data(samples, data),
+             temperature=cfg.temperature, seed=cfg.seed, step=restored.step)
+    written = ["samples.npz", *save_sample_pictures(model, preprocessing, data, samples,
+                                                    run_dir)]
+    if is_image_data(data) and cfg.interpolation_pairs > 0:
+        written += save_interpolation(restored, cfg, run_dir)
+    log.info("%d samples at temperature %g (sample.seed=%d): %s in %s", cfg.n,
+             cfg.temperature, cfg.seed, ", ".join(written), run_dir)
+
+
+def is_image_data(data: FlowData) -> bool:
+    return len(data.event_shape) == 3 and data.levels is not None
+
+
+def save_sample_pictures(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
+                         samples: torch.Tensor, run_dir: Path) -> list[str]:
+    """samples.png (images: all of them in one grid) or, for 1-D and 2-D points, the
+    training run's figures drawn with these samples; the files written."""
+    if is_image_data(data):
+        pictures = {"samples": image_grid(samples, data.levels)}
+    else:
+        with evaluation_mode(model, preprocessing):
+            pictures = figures_for(model, preprocessing, data, lambda _: samples, len(samples))
+        if not pictures:
+            log.info("no picture for data of shape %s; the samples are in samples.npz",
+                     data.event_shape)
+    for name, picture in pictures.items():
+        save_picture(picture, run_dir / f"{name}.png")
+    return [f"{name}.png" for name in pictures]
+
+
+def save_interpolation(restored: Restored, cfg: SampleConfig, run_dir: Path) -> list[str]:
+    """interpolation.png, one row per pair of test images (chosen by ``sample.seed``), and
+    interpolation.npz; encoding uses the evaluation's dequantization noise."""
+    model, preprocessing, data = restored.model, restored.preprocessing, restored.data
+    if not can_interpolate(model):
+        log.info("no interpolation: %s has a base distribution without a straight-line "
+                 "path between latents", type(model).__name__)
+        return []
+    n_pairs = min(cfg.interpolation_pairs, len(data.test) // 2)
+    if n_pairs == 0:
+        log.info("no interpolation: the test set has fewer than two images")
+        return []
+    chosen = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(cfg.seed))
+    indices = chosen[:2 * n_pairs].view(n_pairs, 2)
+    with evaluation_mode(model, preprocessing):
+        walk = interpolate(model, preprocessing, data.test[indices], cfg.interpolation_steps,
+                           evaluation_generator(restored.device, restored.cfg.seed))
+    save_picture(image_grid(walk.restored.flatten(0, 1), data.levels,
+                            per_row=cfg.interpolation_steps), run_dir / "interpolation.png")
+    np.savez(run_dir / "interpolation.npz", indices=indices.numpy(),
+             pairs=_as_data(walk.pairs, data), restored=_as_data(walk.restored, data),
+             encoded=walk.encoded.cpu().numpy(), decoded=walk.decoded.cpu().numpy())
+    return ["interpolation.png", "interpolation.npz"]
+
+
+def run_checkpoint_task(cfg: DictConfig, run_dir: Path, typed_overrides: list[str]
+                        ) -> float | None:
+    """``task=eval`` (returns the test bits/dim) or ``task=sample`` (returns None)."""
+    task = Task(cfg.task)
+    if task is Task.sample:
+        check_sample_config(cfg.sample)  # before any loading
+    restored = restore_checkpoint(cfg, typed_overrides)
+    if task is Task.eval:
+        return evaluate_checkpoint(restored, run_dir)
+    sample_checkpoint(restored, run_dir)
+    return None
