@@ -35,6 +35,16 @@ def resume_path(resume: object, run_dir: Path) -> Path | None:
     return Path(str(resume)).expanduser()
 
 
+def build_flow(cfg: DictConfig, data: FlowData, device: torch.device
+               ) -> tuple[FlowModel, Preprocessing]:
+    """The model and the data-to-model-space preprocessing the config names, for ``data``:
+    what training builds and what a checkpoint is loaded into."""
+    model: FlowModel = instantiate(cfg.model, event_shape=data.event_shape).to(device)
+    dequantizer = instantiate(cfg.dequant, levels=data.levels,
+                              event_shape=tuple(data.event_shape))
+    return model, Preprocessing.for_data(dequantizer, data).to(device)
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
                   ranks: Ranks | None = None, choices: dict[str, str] | None = None
                   ) -> Trainer:
@@ -50,10 +60,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
                      "--rdzv-id so that all ranks share outputs/torchrun/ID.")
     with ranks.main_first():  # one download, not one per rank
         data: FlowData = instantiate(cfg.data)
-    model: FlowModel = instantiate(cfg.model, event_shape=data.event_shape).to(device)
-    dequantizer = instantiate(cfg.dequant, levels=data.levels,
-                              event_shape=tuple(data.event_shape))
-    preprocessing = Preprocessing.for_data(dequantizer, data).to(device)
+    model, preprocessing = build_flow(cfg, data, device)
     # A learned dequantizer trains with the model, on the same loss.
     optimizer = build_optimizer(cfg.optim, [*model.parameters(), *preprocessing.parameters()])
     state = TrainingState(
@@ -145,11 +152,8 @@ def build_from_checkpoint(cfg: DictConfig, saved: dict, path: Path, device: torc
     names, every part checked to fit before anything is loaded."""
     data: FlowData = instantiate(cfg.data)
     check_data_fits(saved, data, path)
-    model: FlowModel = instantiate(cfg.model, event_shape=data.event_shape).to(device)
-    dequantizer = instantiate(cfg.dequant, levels=data.levels,
-                              event_shape=tuple(data.event_shape))
     # Standardization statistics fitted here are replaced by the saved ones just below.
-    preprocessing = Preprocessing.for_data(dequantizer, data).to(device)
+    model, preprocessing = build_flow(cfg, data, device)
     for module, what in ((model, "model"), (preprocessing, "preprocessing")):
         if not isinstance(saved.get(what), dict):
             raise CheckpointError(f"{path} holds no {what} weights.")

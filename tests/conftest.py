@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+# Two xdist workers share the cores: one torch thread per process (inherited by every CLI
+# run a test starts) keeps OpenMP from oversubscribing them, which made sampling-heavy
+# tests three to four times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Small enough to finish in seconds, large enough to exercise every periodic action.
