@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from flowtrain.checkpoint_config import config_differences
 from flowtrain.data.base import FlowData
 from flowtrain.errors import CheckpointError
 from flowtrain.flows.base import FlowModel
@@ -89,11 +90,7 @@ _WHERE_NOT_WHAT = {"data.root", "data.download"}
 
 
 def _differences(saved: object, current: object, prefix: str) -> list[str]:
-    if isinstance(saved, dict) and isinstance(current, dict):
-        return [difference for key in sorted(saved.keys() | current.keys())
-                for difference in _differences(saved.get(key), current.get(key),
-                                               f"{prefix}.{key}")]
-    return [] if saved == current else [f"{prefix}: saved {saved!r}, now {current!r}"]
+    return config_differences(saved, current, prefix, current_is="now")
 
 
 def check_same_setup(saved: dict, current: dict, path: Path) -> None:

@@ -77,12 +77,15 @@ def _set(tree: dict, key: str, value: Any) -> None:
     tree[last] = copy.deepcopy(value)
 
 
-def _differences(saved: Any, given: Any, key: str) -> list[str]:
-    if isinstance(saved, dict) and isinstance(given, dict):
-        return [difference for name in sorted(saved.keys() | given.keys())
-                for difference in _differences(saved.get(name), given.get(name),
-                                               f"{key}.{name}")]
-    return [] if saved == given else [f"{key}: saved {saved!r}, given {given!r}"]
+def config_differences(saved: Any, current: Any, key: str, current_is: str = "given"
+                       ) -> list[str]:
+    """Every leaf where two config trees differ, as "key: saved X, <current_is> Y"; shared
+    with resuming (``flowtrain.build``), which says "now"."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [difference for name in sorted(saved.keys() | current.keys())
+                for difference in config_differences(saved.get(name), current.get(name),
+                                                     f"{key}.{name}", current_is)]
+    return [] if saved == current else [f"{key}: saved {saved!r}, {current_is} {current!r}"]
 
 
 def checkpoint_config(saved: dict[str, Any], cfg: DictConfig, typed: list[str],
@@ -117,9 +120,9 @@ def checkpoint_config(saved: dict[str, Any], cfg: DictConfig, typed: list[str],
                     contradictions.append(f"{key}: saved {choices[key]}, "
                                           f"given {override.value()}")
             else:  # an older checkpoint without its options: compare every key
-                contradictions += _differences(stored.get(key), given.get(key), key)
+                contradictions += config_differences(stored.get(key), given.get(key), key)
         elif group in _FIXED:
-            contradictions += _differences(_get(stored, key), _get(given, key), key)
+            contradictions += config_differences(_get(stored, key), _get(given, key), key)
         else:
             ignored.append(key)
     if contradictions:
