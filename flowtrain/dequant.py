@@ -15,20 +15,40 @@ estimate over that many noise draws as well.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowtrain.errors import ConfigError
-from flowtrain.flows.base import StandardNormal
+from flowtrain.flows.base import Bijection, Compose, StandardNormal, image_shape
 from flowtrain.flows.coupling import AffineCoupling, ResNet, checkerboard_mask
 
 
-class NoDequantization(nn.Module):
-    """Continuous data: y = x."""
+class Dequantizer(nn.Module, ABC):
+    """Data -> the continuous values a flow models, and back.
 
-    eval_samples = 1
+    ``forward(x, generator)`` returns ``(y, log_det)``: the noise (if any) is drawn from
+    ``generator``, so evaluation can pass its own and leave the training RNG alone.
+    ``restore(y)`` maps model-space values back to data values. ``eval_samples`` > 1 asks
+    the evaluation for an importance-weighted estimate over that many noise draws too."""
+
+    eval_samples: int = 1
+
+    @abstractmethod
+    def forward(self, x: Tensor, generator: torch.Generator | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """(y, log_det): the model-space values and the log|det| of the rescaling, minus
+        log q(u | x) of the noise."""
+
+    @abstractmethod
+    def restore(self, y: Tensor) -> Tensor:
+        """Model-space values back into data space."""
+
+
+class NoDequantization(Dequantizer):
+    """Continuous data: y = x."""
 
     def __init__(self, levels: int | None = None, event_shape: tuple[int, ...] = ()):
         super().__init__()
@@ -39,19 +59,38 @@ class NoDequantization(nn.Module):
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor]:
-        return x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        return x, x.new_zeros(x.shape[0])
 
     def restore(self, y: Tensor) -> Tensor:
         return y
 
 
-class UniformDequantization(nn.Module):
+class Logit(Bijection):
+    """RealNVP's logit preprocessing: y' = logit(s), s = alpha + (1 - 2 alpha) y, so that
+    values in [0, 1] spread over the real line; log|dy'/dy| = log(1 - 2 alpha) - log s
+    - log(1 - s), written with softplus so it stays exact near 0 and 1."""
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        squeezed = self.alpha + (1 - 2 * self.alpha) * x
+        logits = torch.log(squeezed) - torch.log1p(-squeezed)
+        per_element = math.log(1 - 2 * self.alpha) + F.softplus(-logits) + F.softplus(logits)
+        return logits, per_element.flatten(1).sum(dim=1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
+
+
+class UniformDequantization(Dequantizer):
     """y = (x + u) / K with u ~ U[0, 1)^D; then, if ``logit_alpha`` > 0, the logit
-    preprocessing of RealNVP: y' = logit(alpha + (1 - 2 alpha) y)."""
+    preprocessing of RealNVP (``Logit``)."""
 
     name = "uniform"
 
-    def __init__(self, levels: int | None, logit_alpha: float = 0.0,
+    def __init__(self, levels: int | None, logit_alpha: float = 0.05,
                  event_shape: tuple[int, ...] = (), eval_samples: int = 1):
         super().__init__()
         if levels is None:
@@ -64,39 +103,30 @@ class UniformDequantization(nn.Module):
             raise ConfigError(f"dequant.eval_samples must be at least 1; got {eval_samples}")
         self.levels = int(levels)
         self.logit_alpha = float(logit_alpha)
+        self.logit = Logit(logit_alpha) if logit_alpha > 0 else None
         self.eval_samples = int(eval_samples)
 
     def noise(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """u ~ U[0, 1)^D and log q(u | x) = 0."""
         u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-        return u, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        return u, x.new_zeros(x.shape[0])
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor]:
-        """``generator``: where the noise comes from (evaluation passes its own, so it
-        neither moves the training RNG nor changes between evaluations)."""
         x = x.float() if not x.is_floating_point() else x
         noise, log_q = self.noise(x, generator)
         y = (x + noise) / self.levels
         n_dims = x[0].numel()
         log_det = -n_dims * math.log(self.levels) - log_q
-        if self.logit_alpha > 0:
+        if self.logit is not None:
             y, logit_log_det = self.logit(y)
             log_det = log_det + logit_log_det
         return y, log_det
 
-    def logit(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """y' = logit(s), s = alpha + (1 - 2 alpha) y; log|dy'/dy| = log(1 - 2 alpha)
-        - log s - log(1 - s), written with softplus so it stays exact near 0 and 1."""
-        squeezed = self.logit_alpha + (1 - 2 * self.logit_alpha) * y
-        logits = torch.log(squeezed) - torch.log1p(-squeezed)
-        per_element = math.log(1 - 2 * self.logit_alpha) + F.softplus(-logits) + F.softplus(logits)
-        return logits, per_element.flatten(1).sum(dim=1)
-
     def restore(self, y: Tensor) -> Tensor:
         """Model-space values back to data values in {0, ..., K-1}."""
-        if self.logit_alpha > 0:
-            y = (torch.sigmoid(y) - self.logit_alpha) / (1 - 2 * self.logit_alpha)
+        if self.logit is not None:
+            y = self.logit.inverse(y)
         return torch.floor(y * self.levels).clamp(0, self.levels - 1)
 
 
@@ -108,24 +138,21 @@ class VariationalDequantization(UniformDequantization):
 
     name = "variational"
 
-    def __init__(self, levels: int | None, logit_alpha: float = 0.0,
+    def __init__(self, levels: int | None, logit_alpha: float = 0.05,
                  event_shape: tuple[int, ...] = (), eval_samples: int = 16,
                  n_couplings: int = 4, n_filters: int = 32, n_blocks: int = 1,
                  context_channels: int = 16):
         super().__init__(levels, logit_alpha, event_shape, eval_samples)
-        if len(event_shape) != 3:
-            raise ConfigError(f"dequant=variational takes images [N, C, H, W]; got data of "
-                              f"shape [N, {', '.join(map(str, event_shape))}]. Use "
-                              f"dequant=uniform.")
+        channels, _, _ = image_shape(event_shape, "dequant=variational",
+                                     "Use dequant=uniform.")
         if min(n_couplings, n_filters, context_channels) < 1 or n_blocks < 0:
             raise ConfigError("dequant.n_couplings, dequant.n_filters and "
                               "dequant.context_channels must be at least 1, dequant.n_blocks "
                               "at least 0")
-        channels = event_shape[0]
         # Not zero-initialized: the couplings see informative features from the first step.
         self.encoder = ResNet(channels, context_channels, n_filters, n_blocks,
                               zero_output=False)
-        self.couplings = nn.ModuleList(
+        self.couplings = Compose(
             AffineCoupling(checkerboard_mask(tuple(event_shape), index % 2),
                            ResNet(channels + context_channels, 2 * channels, n_filters,
                                   n_blocks))
@@ -135,10 +162,7 @@ class VariationalDequantization(UniformDequantization):
     def transform_noise(self, eps: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """u = sigmoid(g(eps; x)) and log|du/deps| per example."""
         context = self.encoder(2 * x / max(self.levels - 1, 1) - 1)  # data scaled to [-1, 1]
-        v, log_det = eps, torch.zeros(eps.shape[0], dtype=eps.dtype, device=eps.device)
-        for coupling in self.couplings:
-            v, coupling_log_det = coupling(v, context=context)
-            log_det = log_det + coupling_log_det
+        v, log_det = self.couplings(eps, context)
         sigmoid_log_det = (F.logsigmoid(v) + F.logsigmoid(-v)).flatten(1).sum(dim=1)
         return torch.sigmoid(v), log_det + sigmoid_log_det
 
@@ -150,7 +174,7 @@ class VariationalDequantization(UniformDequantization):
 
 def auto_dequantization(levels: int | None, logit_alpha: float = 0.05,
                         event_shape: tuple[int, ...] = (), eval_samples: int = 1
-                        ) -> nn.Module:
+                        ) -> Dequantizer:
     """``dequant=auto``: uniform dequantization for discrete data, none for continuous."""
     if levels is None:
         return NoDequantization()

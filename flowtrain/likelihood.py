@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from flowtrain.data.base import FlowData
+from flowtrain.dequant import Dequantizer
 from flowtrain.flows.base import Bijection, FlowModel
 
 
@@ -31,32 +32,32 @@ class Standardize(Bijection):
         return cls(flat.mean(dim=0).view(train.shape[1:]).float(),
                    std.view(train.shape[1:]).float())
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_det = -torch.log(self.std).sum().to(x.dtype)
         return (x - self.mean) / self.std, log_det.expand(x.shape[0])
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return z * self.std + self.mean
 
 
 class Identity(Bijection):
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return z
 
 
 class Preprocessing(nn.Module):
     """Data space -> model space: the dequantizer, then an optional fixed standardization."""
 
-    def __init__(self, dequantizer: nn.Module, standardize: Bijection):
+    def __init__(self, dequantizer: Dequantizer, standardize: Bijection):
         super().__init__()
         self.dequantizer = dequantizer
         self.standardize = standardize
 
     @classmethod
-    def for_data(cls, dequantizer: nn.Module, data: FlowData) -> Preprocessing:
+    def for_data(cls, dequantizer: Dequantizer, data: FlowData) -> Preprocessing:
         return cls(dequantizer, Standardize.fit(data.train) if data.standardize else Identity())
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None

@@ -98,6 +98,7 @@ def train(cfg: DictConfig) -> float:
     if ranks.distributed and hydra_config.mode == RunMode.MULTIRUN:
         raise ConfigError("-m (a sweep) and torchrun do not mix: every process would run "
                           "the whole sweep. Start one torchrun job per sweep point.")
+    ranks.batch_slice(cfg.train.batch_size)  # an uneven split is refused before any work
     if not ranks.is_main:  # rank 0 speaks for the run; the others only warn
         logging.getLogger("flowtrain").setLevel(logging.WARNING)
     try:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -25,16 +29,65 @@ TINY_RUN = ["model=mixture_cdf", "data=gmm1d", "train.steps=40", "train.batch_si
 
 
 def run_cli(*args: str, cwd: Path, check: bool = True, module: str = "flowtrain",
-            env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m flowtrain ARGS`` as a user would, capturing its output."""
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-        timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})},
-    )
+            env: dict | None = None, process: bool = False) -> subprocess.CompletedProcess:
+    """``flowtrain ARGS`` as a user would run it, in ``cwd``, its output captured.
+
+    In this process by default: the same ``flowtrain.train.main`` the console script calls,
+    Hydra parsing the same argv, without paying ~4 s of imports per run. ``process=True``
+    (or another ``module``) starts a real ``python -m MODULE`` instead, for the tests
+    where the process itself is the point."""
+    if process or module != "flowtrain":
+        result = subprocess.run(
+            [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+            timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})})
+    else:
+        result = _run_in_this_process(list(args), cwd, env or {})
     if check and result.returncode != 0:
         raise AssertionError(f"flowtrain {' '.join(args)} failed ({result.returncode}):\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
+
+
+def _run_in_this_process(args: list[str], cwd: Path, env: dict
+                         ) -> subprocess.CompletedProcess:
+    """``main()`` with ``sys.argv`` set, in ``cwd``; whatever a run changes in the process
+    (working folder, environment, argv, torch threads, logging handlers) is put back."""
+    import torch
+
+    from flowtrain.train import main
+
+    saved_cwd, saved_argv, saved_env = os.getcwd(), sys.argv, dict(os.environ)
+    saved_threads = torch.get_num_threads()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    stdout, stderr = io.StringIO(), io.StringIO()
+    os.chdir(cwd)
+    os.environ.update({"HYDRA_FULL_ERROR": "0", **env})
+    sys.argv = ["flowtrain", *args]
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                main()
+                returncode = 0
+            except SystemExit as stop:
+                returncode = stop.code if isinstance(stop.code, int) else int(
+                    stop.code is not None)
+            except Exception:  # what Hydra would have printed, then exit status 1
+                traceback.print_exc()
+                returncode = 1
+    finally:
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+        torch.set_num_threads(saved_threads)
+    return subprocess.CompletedProcess(["flowtrain", *args], returncode, stdout.getvalue(),
+                                       stderr.getvalue())
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -1,16 +1,21 @@
 """Runs that die and come back: SIGKILL and resume, a kill while a checkpoint is being
-written, a full disk, non-finite steps. Each runs the real CLI in a subprocess."""
+written, a full disk, non-finite steps. The kills need a real process; the full disk and the
+NaN steps patch the run in this one."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_RUN, cli_with_patch, read_metrics, read_scalars, run_cli
 
+import flowtrain.training.checkpoint as checkpoint
+import flowtrain.training.loop as loop
 from flowtrain.training.checkpoint import load_checkpoint
 
 # Steps, evaluations and checkpoints that do not line up with the log steps, so a kill
@@ -46,11 +51,11 @@ def _kill(process: subprocess.Popen) -> None:
     assert process.returncode == -signal.SIGKILL
 
 
-def _run_patched(patch: str, tmp_path: Path, *args: str) -> tuple[int, str, Path]:
-    """Run flowtrain to the end with ``patch`` applied: exit status, output, run folder."""
+def _run_to_the_end(tmp_path: Path, *args: str) -> tuple[int, str, Path]:
+    """Run flowtrain to the end (in this process, with whatever the test patched): exit
+    status, output, run folder."""
     run_dir = tmp_path / "run"
-    result = subprocess.run(cli_with_patch(patch, *args, f"hydra.run.dir={run_dir}"),
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = run_cli(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
     return result.returncode, result.stdout + result.stderr, run_dir
 
 
@@ -146,26 +151,25 @@ def test_kill_while_writing_a_checkpoint_leaves_the_last_one_loadable(tmp_path, 
     assert _timing_free(read_metrics(run_dir)) == _timing_free(read_metrics(uninterrupted))
 
 
-# Every write of last.pt after the first goes to /dev/full, which fails with ENOSPC.
-DISK_FULL_AFTER_FIRST_SAVE = """
-import os
-import flowtrain.training.checkpoint as checkpoint
+def _disk_full_after_first_save(monkeypatch) -> None:
+    """Every write of last.pt after the first goes to /dev/full, which fails with ENOSPC."""
+    real_open = checkpoint._open_temporary
 
-real_open = checkpoint._open_temporary
+    def full_after_the_first_last_pt(handle):
+        name = os.readlink(f"/proc/self/fd/{handle}")
+        if ".last.pt." in name and os.path.exists(os.path.join(os.path.dirname(name),
+                                                               "last.pt")):
+            os.close(handle)
+            return open("/dev/full", "wb")
+        return real_open(handle)
 
-def full_after_the_first_last_pt(handle):
-    name = os.readlink(f"/proc/self/fd/{handle}")
-    if ".last.pt." in name and os.path.exists(os.path.join(os.path.dirname(name), "last.pt")):
-        os.close(handle)
-        return open("/dev/full", "wb")
-    return real_open(handle)
-
-checkpoint._open_temporary = full_after_the_first_last_pt
-"""
+    monkeypatch.setattr(checkpoint, "_open_temporary", full_after_the_first_last_pt)
 
 
-def test_no_space_left_while_saving_names_the_fix_and_keeps_the_last_checkpoint(tmp_path):
-    status, output, run_dir = _run_patched(DISK_FULL_AFTER_FIRST_SAVE, tmp_path, *TINY_RUN)
+def test_no_space_left_while_saving_names_the_fix_and_keeps_the_last_checkpoint(
+        tmp_path, monkeypatch):
+    _disk_full_after_first_save(monkeypatch)
+    status, output, run_dir = _run_to_the_end(tmp_path, *TINY_RUN)
     assert status == 2, output
     assert "no space left on the device while saving" in output
     assert "the previous last.pt is untouched" in output and "resume=true" in output
@@ -174,30 +178,25 @@ def test_no_space_left_while_saving_names_the_fix_and_keeps_the_last_checkpoint(
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
 
 
-def _nan_loss_at(steps: str) -> str:
-    """A patch that makes the training loss NaN at the given (1-based) steps."""
-    return f"""
-import torch
-import flowtrain.training.loop as loop
+def _nan_loss_at(monkeypatch, steps: range) -> None:
+    """The training loss is NaN at the given (1-based) steps."""
+    real_nll = loop.negative_log_likelihood
+    calls = {"training": 0}
 
-real_nll = loop.negative_log_likelihood
-calls = {{"training": 0}}
+    def nan_at_some_steps(*args, **kwargs):
+        nll = real_nll(*args, **kwargs)
+        if torch.is_grad_enabled():  # a training step, not an evaluation
+            calls["training"] += 1
+            if calls["training"] in steps:
+                return nll * float("nan")
+        return nll
 
-def nan_at_some_steps(*args, **kwargs):
-    nll = real_nll(*args, **kwargs)
-    if torch.is_grad_enabled():  # a training step, not an evaluation
-        calls["training"] += 1
-        if calls["training"] in {steps}:
-            return nll * float("nan")
-    return nll
-
-loop.negative_log_likelihood = nan_at_some_steps
-"""
+    monkeypatch.setattr(loop, "negative_log_likelihood", nan_at_some_steps)
 
 
-def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
-    status, output, run_dir = _run_patched(_nan_loss_at("range(12, 15)"), tmp_path,
-                                           *TINY_RUN, "train.max_nonfinite=4")
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    _nan_loss_at(monkeypatch, range(12, 15))
+    status, output, run_dir = _run_to_the_end(tmp_path, *TINY_RUN, "train.max_nonfinite=4")
     assert status == 0, output
     assert "step 12: skipped (loss nan" in output
     metrics = read_metrics(run_dir)
@@ -207,9 +206,9 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     assert all(value == value for _, value in scalars["train/nll"])  # no NaN logged
 
 
-def test_too_many_nonfinite_steps_in_a_row_stop_the_run(tmp_path):
-    status, output, run_dir = _run_patched(_nan_loss_at("range(25, 100)"), tmp_path,
-                                           *TINY_RUN, "train.max_nonfinite=4")
+def test_too_many_nonfinite_steps_in_a_row_stop_the_run(tmp_path, monkeypatch):
+    _nan_loss_at(monkeypatch, range(25, 100))
+    status, output, run_dir = _run_to_the_end(tmp_path, *TINY_RUN, "train.max_nonfinite=4")
     assert status == 2, output
     assert "step 28: 4 steps in a row had a NaN or infinite loss" in output
     assert "lower optim.lr" in output and "Traceback" not in output

@@ -19,9 +19,8 @@ from torch import Tensor
 
 from flowtrain.data.base import FlowData
 from flowtrain.errors import DataError
+from flowtrain.flows.base import HALF_LOG_2PI
 from flowtrain.flows.mixture import normal_cdf
-
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class Toy2DName(str, Enum):
@@ -87,7 +86,7 @@ class Rings(ToyDensity):
         u = both_signs / self.noise
         log_weights = torch.log(self.weights).repeat(2)
         log_radial = torch.logsumexp(log_weights - 0.5 * u.square()
-                                     - _HALF_LOG_2PI - math.log(self.noise), dim=1)
+                                     - HALF_LOG_2PI - math.log(self.noise), dim=1)
         return log_radial - torch.log(2 * math.pi * radius)
 
 
@@ -106,7 +105,7 @@ class EightGaussians(ToyDensity):
 
     def log_prob(self, x: Tensor) -> Tensor:
         squared = (x.double()[:, None, :] - self.centers).square().sum(dim=2)
-        per_center = -0.5 * squared / self.noise**2 - 2 * (_HALF_LOG_2PI + math.log(self.noise))
+        per_center = -0.5 * squared / self.noise**2 - 2 * (HALF_LOG_2PI + math.log(self.noise))
         return torch.logsumexp(per_center, dim=1) - math.log(8)
 
 

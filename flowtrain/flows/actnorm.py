@@ -44,7 +44,7 @@ class ActNorm(Bijection):
         super()._load_from_state_dict(*args, **kwargs)
         self._initialized_seen = False  # read the loaded buffer on the next forward
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.training and not self._initialized_seen:
             if not self.initialized:
                 self.initialize(x)
@@ -53,5 +53,5 @@ class ActNorm(Bijection):
         log_det = self.log_scale.sum() * (x.shape[2] * x.shape[3])
         return z, log_det.expand(x.shape[0])
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return z * torch.exp(-self.log_scale) - self.bias

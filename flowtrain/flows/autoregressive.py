@@ -13,28 +13,16 @@ import torch
 from torch import Tensor
 
 from flowtrain.errors import ConfigError
-from flowtrain.flows.base import FlowModel, UniformBase
-from flowtrain.flows.causal import CausalMixtureCDF, Index
+from flowtrain.flows.causal import CausalFlow, CausalMixtureCDF, Index
 from flowtrain.flows.made import MADE
 from flowtrain.flows.mixture import Family
-
-
-def check_order(order: list[int] | None, n_dims: int) -> list[int]:
-    """``model.order`` as a list, the natural order when it is null."""
-    if order is None:
-        return list(range(n_dims))
-    order = [int(i) for i in order]
-    if sorted(order) != list(range(n_dims)):
-        raise ConfigError(f"model.order must be a permutation of 0..{n_dims - 1} for "
-                          f"{n_dims}-dimensional data; got {order}")
-    return order
 
 
 class AutoregressiveMixtureCDF(CausalMixtureCDF):
     """z_i = F_i(x_i; theta_i(x_<i)) for points, theta from a MADE."""
 
     def __init__(self, n_dims: int, n_components: int, family: Family | str,
-                 hidden_features: int, hidden_layers: int, order: list[int]):
+                 hidden_features: int, hidden_layers: int, order: list[int] | None):
         if n_components < 1 or hidden_features < 1 or hidden_layers < 0:
             raise ConfigError(f"model.n_components ({n_components}) and model.hidden_features "
                               f"({hidden_features}) must be at least 1, model.hidden_layers "
@@ -52,7 +40,7 @@ class AutoregressiveMixtureCDF(CausalMixtureCDF):
             yield (slice(None), dim), (slice(None),)
 
 
-class AutoregressiveFlow(FlowModel):
+class AutoregressiveFlow(CausalFlow):
     """``model=arflow2d``: the autoregressive mixture-CDF flow for [N, D] points."""
 
     def __init__(self, event_shape: tuple[int, ...], n_components: int = 16,
@@ -63,11 +51,5 @@ class AutoregressiveFlow(FlowModel):
                               f"shape [N, {', '.join(map(str, event_shape))}]")
         n_dims = math.prod(event_shape)
         transform = AutoregressiveMixtureCDF(n_dims, n_components, family, hidden_features,
-                                             hidden_layers, check_order(order, n_dims))
-        super().__init__([transform], UniformBase(tuple(event_shape)))
-
-    @torch.no_grad()
-    def sample_ancestral(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """x_1 from its mixture, then each next x_i from its mixture given the ones before."""
-        return self.transforms[0].sample_ancestral((n, *self.event_shape),
-                                                   next(self.parameters()), generator)
+                                             hidden_layers, order)
+        super().__init__(transform, event_shape)

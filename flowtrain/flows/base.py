@@ -1,24 +1,80 @@
-"""The one flow interface every model follows, and the base distributions."""
+"""The one flow interface every model follows, its composition, and the base distributions."""
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from flowtrain.errors import ConfigError
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+# What an image model's shape error suggests instead.
+FOR_POINTS = "For points use model=arflow2d or model=mixture_cdf."
+
+
+def image_shape(event_shape: tuple[int, ...], option: str, fix: str = ""
+                ) -> tuple[int, int, int]:
+    """``event_shape`` as (C, H, W), or a ConfigError naming ``option`` (model=realnvp)
+    and what to use instead."""
+    if len(event_shape) != 3:
+        raise ConfigError(f"{option} takes images [N, C, H, W]; got data of shape "
+                          f"[N, {', '.join(map(str, event_shape))}]{'. ' + fix if fix else ''}")
+    channels, height, width = event_shape
+    return channels, height, width
+
 
 class Bijection(nn.Module, ABC):
-    """An invertible map: ``forward(x) -> (z, log_det)`` and ``inverse(z) -> x``."""
+    """An invertible map: ``forward(x, context) -> (z, log_det)`` and
+    ``inverse(z, context) -> x``.
+
+    ``context``: what a conditional transform is conditioned on (features of the data for
+    variational dequantization, a class label later); every other transform ignores it, so
+    a composition passes it to all of its parts."""
 
     @abstractmethod
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """z = f(x) and log|det df/dx| per example, shape [B]."""
 
     @abstractmethod
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """x = f^-1(z)."""
+
+
+class Compose(Bijection):
+    """f = f_n o ... o f_1, log|det| summed over the parts (nflows' CompositeTransform).
+
+    The parts are numbered children, like ``nn.ModuleList``'s, so state-dict keys read
+    ``transforms.0.…`` wherever a composition is held as ``transforms``."""
+
+    def __init__(self, transforms: Iterable[Bijection]):
+        super().__init__()
+        for index, transform in enumerate(transforms):
+            self.add_module(str(index), transform)
+
+    def __iter__(self) -> Iterator[Bijection]:
+        return iter(self._modules.values())
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, index: int) -> Bijection:
+        return list(self._modules.values())[index]
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        log_det = x.new_zeros(x.shape[0])
+        for transform in self:
+            x, step_log_det = transform(x, context)
+            log_det = log_det + step_log_det
+        return x, log_det
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        for transform in reversed(list(self)):
+            z = transform.inverse(z, context)
+        return z
 
 
 class UniformBase(nn.Module):
@@ -53,7 +109,7 @@ class StandardNormal(nn.Module):
 
     def log_prob(self, z: Tensor) -> Tensor:
         flat = z.flatten(1)
-        return -0.5 * (flat.square().sum(dim=1) + flat.shape[1] * math.log(2 * math.pi))
+        return -0.5 * flat.square().sum(dim=1) - flat.shape[1] * HALF_LOG_2PI
 
     def sample(
         self, n: int, *, like: Tensor, temperature: float = 1.0,
@@ -65,41 +121,38 @@ class StandardNormal(nn.Module):
 
 
 class FlowModel(nn.Module):
-    """A density p(x) = p_base(f(x)) |det df/dx| from a chain of bijections and a base.
+    """A density p(x | context) = p_base(f(x)) |det df/dx|: a composition of bijections and
+    a base distribution.
 
     Models subclass this (or build one) so the training loop only ever calls
     ``log_prob`` and ``sample``.
     """
 
-    def __init__(self, transforms: list[Bijection], base: nn.Module):
+    def __init__(self, transforms: Iterable[Bijection], base: nn.Module):
         super().__init__()
-        self.transforms = nn.ModuleList(transforms)
+        self.transforms = Compose(transforms)
         self.base = base
 
     @property
     def event_shape(self) -> tuple[int, ...]:
         return self.base.event_shape
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for transform in self.transforms:
-            x, step_log_det = transform(x)
-            log_det = log_det + step_log_det
-        return x, log_det
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """z = f(x) and log|det df/dx| per example."""
+        return self.transforms(x, context)
 
-    def inverse(self, z: Tensor) -> Tensor:
-        for transform in reversed(self.transforms):
-            z = transform.inverse(z)
-        return z
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.transforms.inverse(z, context)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        z, log_det = self(x)
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        z, log_det = self(x, context)
         return self.base.log_prob(z) + log_det
 
     @torch.no_grad()
     def sample(
-        self, n: int, *, temperature: float = 1.0, generator: torch.Generator | None = None
+        self, n: int, *, context: Tensor | None = None, temperature: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         z = self.base.sample(n, like=next(self.parameters()), temperature=temperature,
                              generator=generator)
-        return self.inverse(z)
+        return self.inverse(z, context)

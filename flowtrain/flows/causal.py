@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from flowtrain.flows.base import Bijection
+from flowtrain.flows.base import Bijection, FlowModel, UniformBase
 from flowtrain.flows.mixture import (
     Family,
     ScalarMixture,
@@ -57,11 +57,11 @@ class CausalMixtureCDF(Bijection):
         logits, loc, raw_log_scale = parameters.split(self.n_components, -1)
         return ScalarMixture(logits, loc, bounded_log_scale(raw_log_scale), self.family)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z, log_pdf = self.mixture(x).cdf_and_log_pdf(x)
         return z, log_pdf.flatten(1).sum(dim=1)
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return self._fill(torch.zeros_like(z), lambda mixture, at: mixture.inverse_cdf(z[at]))
 
     def sample_ancestral(self, shape: tuple[int, ...], like: Tensor,
@@ -77,3 +77,18 @@ class CausalMixtureCDF(Bijection):
             x[at] = solve(ScalarMixture(full.logits[at], full.loc[at], full.log_scale[at],
                                         self.family), at)
         return x
+
+
+class CausalFlow(FlowModel):
+    """One causal mixture-CDF transform on a Uniform(0, 1)^D base: the autoregressive flows
+    for points and for images."""
+
+    def __init__(self, transform: CausalMixtureCDF, event_shape: tuple[int, ...]):
+        super().__init__([transform], UniformBase(tuple(event_shape)))
+
+    @torch.no_grad()
+    def sample_ancestral(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """x_1 from its mixture, then each next value from its mixture given the ones
+        before (what ``sample`` draws, without inverting the CDFs)."""
+        return self.transforms[0].sample_ancestral((n, *self.event_shape),
+                                                   next(self.parameters()), generator)

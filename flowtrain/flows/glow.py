@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from flowtrain.errors import ConfigError
 from flowtrain.flows.actnorm import ActNorm
-from flowtrain.flows.base import Bijection, FlowModel, StandardNormal
+from flowtrain.flows.base import (
+    FOR_POINTS,
+    Bijection,
+    FlowModel,
+    StandardNormal,
+    image_shape,
+)
 from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask
 from flowtrain.flows.invconv import InvertibleConv1x1
 from flowtrain.flows.multiscale import LearnedPrior, OnKeptHalf, SplitPrior
@@ -55,15 +61,11 @@ class Glow(FlowModel):
 
     def __init__(self, event_shape: tuple[int, ...], levels: int = 3, steps: int = 8,
                  n_filters: int = 32, n_blocks: int = 1):
-        if len(event_shape) != 3:
-            raise ConfigError(f"model=glow takes images [N, C, H, W]; got data of shape "
-                              f"[N, {', '.join(map(str, event_shape))}]. For points use "
-                              f"model=arflow2d or model=mixture_cdf.")
+        channels, height, width = image_shape(event_shape, "model=glow", FOR_POINTS)
         if min(levels, steps, n_filters) < 1 or n_blocks < 0:
             raise ConfigError(f"model.levels, model.steps and model.n_filters must be at "
                               f"least 1 and model.n_blocks at least 0; got levels={levels}, "
                               f"steps={steps}, n_filters={n_filters}, n_blocks={n_blocks}")
-        channels, height, width = event_shape
         factor = 2**levels
         if height % factor or width % factor:
             raise ConfigError(f"Glow with model.levels={levels} squeezes {levels} times, so "

@@ -53,7 +53,7 @@ class InvertibleConv1x1(Bijection):
             lower, self.permutation.T, upper=False, unitriangular=True)
         return torch.linalg.solve_triangular(upper, inverse_lower_times_pt, upper=True)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         # A transform, not a network: kept out of bf16 autocast so it stays invertible.
         with torch.autocast(x.device.type, enabled=False):
             weight = self.weight()
@@ -61,7 +61,7 @@ class InvertibleConv1x1(Bijection):
         log_det = self.log_abs_diagonal.sum() * (x.shape[2] * x.shape[3])
         return z, log_det.expand(x.shape[0])
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         with torch.autocast(z.device.type, enabled=False):
             inverse_weight = self.inverse_weight()
             return F.conv2d(z, inverse_weight.view(*inverse_weight.shape, 1, 1))

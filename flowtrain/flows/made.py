@@ -24,6 +24,17 @@ class MaskedLinear(nn.Linear):
         return F.linear(x, self.weight * self.mask, self.bias)
 
 
+def variable_order(order: list[int] | None, n_dims: int) -> list[int]:
+    """``model.order`` as a list of ints, the natural order when it is null."""
+    if order is None:
+        return list(range(n_dims))
+    order = [int(i) for i in order]
+    if sorted(order) != list(range(n_dims)):
+        raise ConfigError(f"model.order must be a permutation of 0..{n_dims - 1} for "
+                          f"{n_dims}-dimensional data; got {order}")
+    return order
+
+
 def hidden_degrees(n_hidden: int, n_dims: int) -> Tensor:
     """Degrees 0 .. D-2 cycled over the hidden units, so every degree is represented."""
     return torch.arange(n_hidden) % max(1, n_dims - 1)
@@ -32,15 +43,14 @@ def hidden_degrees(n_hidden: int, n_dims: int) -> Tensor:
 class MADE(nn.Module):
     """x [B, D] -> [B, D, outputs_per_dim]; block i depends only on x at ranks below i's.
 
-    ``order`` is the variable order: ``order[r]`` is the dimension conditioned r-th.
+    ``order`` is the variable order: ``order[r]`` is the dimension conditioned r-th
+    (null: the natural order).
     """
 
     def __init__(self, n_dims: int, outputs_per_dim: int, hidden_features: int,
-                 hidden_layers: int, order: list[int]):
+                 hidden_layers: int, order: list[int] | None = None):
         super().__init__()
-        if sorted(order) != list(range(n_dims)):
-            raise ConfigError(f"the variable order must be a permutation of 0..{n_dims - 1}; "
-                              f"got {list(order)}")
+        order = variable_order(order, n_dims)
         if hidden_layers > 0 and hidden_features < n_dims - 1:
             # Fewer hidden units than degrees would silently cut some x_j -> x_i paths.
             raise ConfigError(f"model.hidden_features must be at least D - 1 = {n_dims - 1} "

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flowtrain.errors import NonFiniteError
+from flowtrain.flows.base import HALF_LOG_2PI
 
 
 class Family(str, Enum):
@@ -27,7 +28,6 @@ class Family(str, Enum):
     logistic = "logistic"
 
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 # The bisection bracket: this many component scales beyond the outermost locations, where
 # the mixture CDF is within 1e-13 of 0 or 1 for both families (logistic: sigmoid(-30)).
@@ -40,7 +40,7 @@ MIN_LOG_SCALE = -9.0
 def _component_log_pdf(u: Tensor, family: Family) -> Tensor:
     """log pdf of the standardized component at u = (x - loc) / scale."""
     if family is Family.gaussian:
-        return -0.5 * u.square() - _HALF_LOG_2PI
+        return -0.5 * u.square() - HALF_LOG_2PI
     return -u - 2.0 * F.softplus(-u)
 
 

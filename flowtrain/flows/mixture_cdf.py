@@ -32,12 +32,12 @@ class MixtureCDFTransform(Bijection):
     def mixture(self) -> ScalarMixture:
         return ScalarMixture(self.logits, self.loc, self.log_scale, self.family)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         flat = x.flatten(1)
         z, log_pdf = self.mixture().cdf_and_log_pdf(flat)
         return z.view_as(x), log_pdf.sum(dim=1)
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return self.mixture().inverse_cdf(z.flatten(1)).view_as(z)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flowtrain.flows.base import Bijection
+from flowtrain.flows.base import Bijection, Compose
 from flowtrain.flows.mixture import bounded_log_scale
 
 
@@ -47,12 +47,12 @@ class SplitPrior(Bijection):
         mean, raw_log_std = self.prior_net(kept).to(kept.dtype).chunk(2, dim=1)
         return mean, bounded_log_scale(raw_log_std)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         kept, factored = x[:, :self.n_kept], x[:, self.n_kept:]
         eps, log_det = standardize(factored, *self.prior(kept))
         return torch.cat([kept, eps], dim=1), log_det
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         kept, eps = z[:, :self.n_kept], z[:, self.n_kept:]
         return torch.cat([kept, unstandardize(eps, *self.prior(kept))], dim=1)
 
@@ -66,10 +66,10 @@ class LearnedPrior(Bijection):
         self.mean = nn.Parameter(torch.zeros(1, *shape))
         self.raw_log_std = nn.Parameter(torch.zeros(1, *shape))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return standardize(x, self.mean, bounded_log_scale(self.raw_log_std))
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return unstandardize(z, self.mean, bounded_log_scale(self.raw_log_std))
 
 
@@ -79,20 +79,15 @@ class OnKeptHalf(Bijection):
 
     def __init__(self, transforms: list[Bijection]):
         super().__init__()
-        self.transforms = nn.ModuleList(transforms)
+        self.transforms = Compose(transforms)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         n_kept = x.shape[1] // 2
         kept, factored = x[:, :n_kept], x[:, n_kept:]
-        log_det = x.new_zeros(x.shape[0])
-        for transform in self.transforms:
-            kept, step_log_det = transform(kept)
-            log_det = log_det + step_log_det
+        kept, log_det = self.transforms(kept, context)
         return torch.cat([kept, factored], dim=1), log_det
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         n_kept = z.shape[1] // 2
         kept, factored = z[:, :n_kept], z[:, n_kept:]
-        for transform in reversed(self.transforms):
-            kept = transform.inverse(kept)
-        return torch.cat([kept, factored], dim=1)
+        return torch.cat([self.transforms.inverse(kept, context), factored], dim=1)

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from flowtrain.errors import ConfigError
-from flowtrain.flows.base import FlowModel, UniformBase
-from flowtrain.flows.causal import CausalMixtureCDF, Index
+from flowtrain.flows.base import image_shape
+from flowtrain.flows.causal import CausalFlow, CausalMixtureCDF, Index
 from flowtrain.flows.gated_pixelcnn import GatedPixelCNN
 from flowtrain.flows.masked_conv import MixtureHead, square_masked_conv
 from flowtrain.flows.mixture import Family
@@ -90,26 +90,19 @@ class PixelCNNMixtureCDF(CausalMixtureCDF):
                     yield (slice(None), c, i, j), (slice(None), slice(None), slice(0, i + 1))
 
 
-class PixelCNNFlow(FlowModel):
+class PixelCNNFlow(CausalFlow):
     """``model=pixelcnn_arflow``."""
 
     def __init__(self, event_shape: tuple[int, ...], n_components: int = 8,
                  family: Family | str = Family.logistic, n_filters: int = 32,
                  n_blocks: int = 3, network: Network | str = Network.gated):
-        if len(event_shape) != 3:
-            raise ConfigError(f"model=pixelcnn_arflow takes images [N, C, H, W]; got data of "
-                              f"shape [N, {', '.join(map(str, event_shape))}]")
-        if n_components < 1 or n_filters < event_shape[0] or n_blocks < 0:
+        channels, _, _ = image_shape(event_shape, "model=pixelcnn_arflow")
+        if n_components < 1 or n_filters < channels or n_blocks < 0:
             # With fewer filters than colours some colour group has no hidden channel, and
             # the colours after it would silently lose sight of their own pixel.
             raise ConfigError(f"model.n_components ({n_components}) must be at least 1, "
                               f"model.n_filters ({n_filters}) at least the number of channels "
-                              f"({event_shape[0]}), model.n_blocks ({n_blocks}) at least 0")
-        transform = PixelCNNMixtureCDF(event_shape[0], n_components, family, n_filters,
+                              f"({channels}), model.n_blocks ({n_blocks}) at least 0")
+        transform = PixelCNNMixtureCDF(channels, n_components, family, n_filters,
                                        n_blocks, network)
-        super().__init__([transform], UniformBase(tuple(event_shape)))
-
-    @torch.no_grad()
-    def sample_ancestral(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        return self.transforms[0].sample_ancestral((n, *self.event_shape),
-                                                   next(self.parameters()), generator)
+        super().__init__(transform, event_shape)

@@ -13,7 +13,13 @@ from torch import Tensor
 
 from flowtrain.errors import ConfigError
 from flowtrain.flows.actnorm import ActNorm
-from flowtrain.flows.base import Bijection, FlowModel, StandardNormal
+from flowtrain.flows.base import (
+    FOR_POINTS,
+    Bijection,
+    FlowModel,
+    StandardNormal,
+    image_shape,
+)
 from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask, checkerboard_mask
 from flowtrain.flows.reshape import Squeeze, Unsqueeze
 
@@ -35,11 +41,7 @@ class RealNVP(FlowModel):
 
     def __init__(self, event_shape: tuple[int, ...], n_filters: int = 32, n_blocks: int = 2,
                  checkerboard_in: int = 4, channelwise: int = 3, checkerboard_out: int = 3):
-        if len(event_shape) != 3:
-            raise ConfigError(f"model=realnvp takes images [N, C, H, W]; got data of shape "
-                              f"[N, {', '.join(map(str, event_shape))}]. For points use "
-                              f"model=arflow2d or model=mixture_cdf.")
-        channels, height, width = event_shape
+        channels, height, width = image_shape(event_shape, "model=realnvp", FOR_POINTS)
         if height % 2 or width % 2:
             raise ConfigError(f"RealNVP needs even height and width (it squeezes 2x2 patches "
                               f"into channels); got {height}x{width}. Pad or crop the images.")
