@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from flowtrain.checkpoint_config import config_differences
+from flowtrain.checkpoint_config import check_same_setup
 from flowtrain.data.base import FlowData
 from flowtrain.errors import CheckpointError
 from flowtrain.flows.base import FlowModel
@@ -20,9 +20,10 @@ from flowtrain.likelihood import Preprocessing
 from flowtrain.training.batches import BatchStream
 from flowtrain.training.checkpoint import check_state_dict_matches, load_checkpoint
 from flowtrain.training.distributed import Ranks
-from flowtrain.training.loop import Trainer, TrainingState
+from flowtrain.training.loop import Trainer
 from flowtrain.training.optim import build_optimizer, build_scheduler
 from flowtrain.training.runtime import seed_everything, select_device
+from flowtrain.training.state import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
     ranks.check_same(str(run_dir), "run folder",
                      "pin hydra.run.dir=..., or start torchrun with --standalone or "
                      "--rdzv-id so that all ranks share outputs/torchrun/ID.")
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    # A missing, corrupt or foreign checkpoint is refused before any data is read.
+    checkpoint = resume_path(cfg.resume, run_dir)
+    saved = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if saved is not None:
+        check_same_setup(saved.get("config", {}), config, checkpoint)
     with ranks.main_first():  # one download, not one per rank
         data: FlowData = instantiate(cfg.data)
     model, preprocessing = build_flow(cfg, data, device)
@@ -71,49 +78,19 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
         scheduler=build_scheduler(cfg.optim, optimizer, cfg.train.steps),
         batches=BatchStream(data.train, cfg.train.batch_size, seed=cfg.seed),
         device=device,
-        extra={"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-               "choices": dict(choices or {}),
+        extra={"config": config, "choices": dict(choices or {}),
                "data_shape": {"event_shape": list(data.event_shape), "levels": data.levels}},
     )
-    checkpoint = resume_path(cfg.resume, run_dir)
-    if checkpoint is not None:
-        restore(state, checkpoint)
+    if saved is not None:
+        restore(state, saved, checkpoint)
         log.info("resumed from %s at step %d", checkpoint, state.step)
     return Trainer(state, data, cfg.train, run_dir, device, seed=cfg.seed,
                    resume_command=resume_command, ranks=ranks)
 
 
-# A checkpoint continues only the run it came from: these groups must match exactly,
-# except for keys that say where the data lives rather than what it is.
-_FIXED_ON_RESUME = ("model", "data", "dequant")
-_WHERE_NOT_WHAT = {"data.root", "data.download"}
-
-
-def _differences(saved: object, current: object, prefix: str) -> list[str]:
-    return config_differences(saved, current, prefix, current_is="now")
-
-
-def check_same_setup(saved: dict, current: dict, path: Path) -> None:
-    """Refuse to resume into a different model, data set or dequantizer; warn when the
-    optimizer settings changed, since its saved state (learning rate included) wins."""
-    differences = [difference for group in _FIXED_ON_RESUME
-                   for difference in _differences(saved.get(group), current.get(group), group)
-                   if difference.split(":")[0] not in _WHERE_NOT_WHAT]
-    if differences:
-        raise CheckpointError(f"{path} was trained with another setup: "
-                              f"{'; '.join(differences[:5])}. Resume with the same "
-                              f"model, data and dequant settings, or start a new run.")
-    optim_changes = _differences(saved.get("optim"), current.get("optim"), "optim")
-    if optim_changes:
-        log.warning("optimizer settings differ from the checkpoint (%s); the saved optimizer "
-                    "state, learning rate included, is what continues.",
-                    "; ".join(optim_changes))
-
-
-def restore(state: TrainingState, path: Path) -> None:
-    """Load a checkpoint into ``state`` only once every part is known to fit."""
-    saved = load_checkpoint(path)
-    check_same_setup(saved.get("config", {}), state.extra["config"], path)
+def restore(state: TrainingState, saved: dict, path: Path) -> None:
+    """Load the checkpoint ``saved`` (read from ``path``) into ``state`` only once every
+    part is known to fit."""
     check_state_dict_matches(state.model, saved["model"], "model", path)
     check_state_dict_matches(state.preprocessing, saved["preprocessing"], "preprocessing", path)
     try:

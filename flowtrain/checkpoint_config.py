@@ -1,4 +1,5 @@
-"""The config a checkpoint is evaluated or sampled under: the one stored in it, with only
+"""Which settings a checkpoint fixes: for resuming (the same model, data and dequantizer)
+and for ``task=eval|sample``, whose config is the one stored in the checkpoint with only
 the command-line keys that say how to evaluate or sample on top.
 
 A checkpoint alone is enough: its resolved config rebuilds the model, dequantizer and
@@ -24,13 +25,21 @@ from flowtrain.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
+# --- the rules: which settings a checkpoint fixes, for resuming and for its tasks --------
+
 # Groups whose option a checkpoint records (checkpoint key "choices"), so that
 # `task=eval ckpt=PATH data.root=...` composes against the checkpoint's own options.
 RECORDED_GROUPS = ("model", "data", "dequant", "optim")
 _SET_BY_CHOICES = ("model", "data", "dequant")
-_FIXED = ("model", "dequant")  # what the saved weights are; the command line may not change
+# Resuming continues only the run a checkpoint came from: these groups must match exactly,
+# except for keys that say where the data lives rather than what it is.
+_FIXED_ON_RESUME = ("model", "data", "dequant")
+_WHERE_NOT_WHAT = {"data.root", "data.download"}
+# task=eval|sample: what the saved weights are, which the command line may not change;
+# how to evaluate, which it may; and what belongs to this process, never to the checkpoint.
+_FIXED = ("model", "dequant")
 _HOW_TO_EVALUATE = {"dequant.eval_samples", "train.eval_batch_size", "seed"}
-_OF_THIS_PROCESS = ("task", "ckpt", "sample", "device", "threads")  # never from the checkpoint
+_OF_THIS_PROCESS = ("task", "ckpt", "sample", "device", "threads")
 
 
 def with_checkpoint_choices(argv: list[str]) -> list[str]:
@@ -86,6 +95,26 @@ def config_differences(saved: Any, current: Any, key: str, current_is: str = "gi
                 for difference in config_differences(saved.get(name), current.get(name),
                                                      f"{key}.{name}", current_is)]
     return [] if saved == current else [f"{key}: saved {saved!r}, {current_is} {current!r}"]
+
+
+def check_same_setup(saved: dict, current: dict, path: Path) -> None:
+    """Refuse to resume into a different model, data set or dequantizer; warn when the
+    optimizer settings changed, since its saved state (learning rate included) wins."""
+    differences = [
+        difference for group in _FIXED_ON_RESUME
+        for difference in config_differences(saved.get(group), current.get(group), group,
+                                             current_is="now")
+        if difference.split(":")[0] not in _WHERE_NOT_WHAT]
+    if differences:
+        raise CheckpointError(f"{path} was trained with another setup: "
+                              f"{'; '.join(differences[:5])}. Resume with the same "
+                              f"model, data and dequant settings, or start a new run.")
+    optim_changes = config_differences(saved.get("optim"), current.get("optim"), "optim",
+                                       current_is="now")
+    if optim_changes:
+        log.warning("optimizer settings differ from the checkpoint (%s); the saved optimizer "
+                    "state, learning rate included, is what continues.",
+                    "; ".join(optim_changes))
 
 
 def checkpoint_config(saved: dict[str, Any], cfg: DictConfig, typed: list[str],

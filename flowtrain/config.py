@@ -135,6 +135,7 @@ class ArrayConfig:
     path: str = MISSING
     standardize: bool = True  # points only; images are scaled by the dequantizer
     levels: Optional[int] = None  # noqa: UP045 - images: 256 when null
+    images: bool = False  # data=image_array: integer images, not points
 
 
 @dataclass
@@ -282,6 +283,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
               "realnvp": RealNVPConfig, "glow": GlowConfig,
               "pixelcnn_arflow": PixelCNNFlowConfig},
     "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig,
+             "image_array": ArrayConfig,
              "torchvision": TorchvisionConfig, "digits": DigitsConfig},
     "dequant": {"none": NoDequantConfig, "uniform": UniformDequantConfig,
                 "auto": AutoDequantConfig, "variational": VariationalDequantConfig},

@@ -155,14 +155,17 @@ class VariationalDequantization(UniformDequantization):
         self.couplings = Compose(
             AffineCoupling(checkerboard_mask(tuple(event_shape), index % 2),
                            ResNet(channels + context_channels, 2 * channels, n_filters,
-                                  n_blocks))
+                                  n_blocks), conditional=True)
             for index in range(n_couplings))
         self.base = StandardNormal(tuple(event_shape))
 
+    def context(self, x: Tensor) -> Tensor:
+        """The features of the data x that the couplings see (x scaled to [-1, 1] first)."""
+        return self.encoder(2 * x / max(self.levels - 1, 1) - 1)
+
     def transform_noise(self, eps: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """u = sigmoid(g(eps; x)) and log|du/deps| per example."""
-        context = self.encoder(2 * x / max(self.levels - 1, 1) - 1)  # data scaled to [-1, 1]
-        v, log_det = self.couplings(eps, context)
+        v, log_det = self.couplings(eps, self.context(x))
         sigmoid_log_det = (F.logsigmoid(v) + F.logsigmoid(-v)).flatten(1).sum(dim=1)
         return torch.sigmoid(v), log_det + sigmoid_log_det
 

@@ -1,5 +1,7 @@
 """Walks through a flow's latent space: encode two data points, follow the straight line
-between their latents, decode every point on it (the picture flow papers show)."""
+between their latents, decode every point on it (the picture flow papers show). Every
+base flowtrain has allows it: N(0, I) has density everywhere, and a line between two points
+of the unit cube stays inside it."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from flowtrain.flows.base import FlowModel, StandardNormal, UniformBase
+from flowtrain.flows.base import FlowModel
 from flowtrain.likelihood import Preprocessing
+from flowtrain.training.runtime import exact_float32
 
 
 @dataclass
@@ -24,13 +27,8 @@ class Interpolation:
     restored: Tensor
 
 
-def can_interpolate(model: FlowModel) -> bool:
-    """A straight line between two latents stays where the base has density: anywhere for
-    N(0, I), and inside the unit cube (convex) for Uniform(0, 1)^D."""
-    return isinstance(model.base, StandardNormal | UniformBase)
-
-
 @torch.no_grad()
+@exact_float32()
 def interpolate(model: FlowModel, preprocessing: Preprocessing, pairs: Tensor, steps: int,
                 generator: torch.Generator | None = None) -> Interpolation:
     """z_t = (1 - t) f(y_a) + t f(y_b) for ``steps`` values of t from 0 to 1, decoded with

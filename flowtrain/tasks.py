@@ -25,7 +25,7 @@ from flowtrain.config import SampleConfig, Task
 from flowtrain.data.base import FlowData
 from flowtrain.errors import ConfigError
 from flowtrain.flows.base import FlowModel
-from flowtrain.latent import can_interpolate, interpolate
+from flowtrain.latent import interpolate
 from flowtrain.likelihood import Preprocessing
 from flowtrain.training.checkpoint import load_checkpoint
 from flowtrain.training.evaluation import (
@@ -160,10 +160,6 @@ def save_interpolation(restored: Restored, cfg: SampleConfig, run_dir: Path) -> 
     """interpolation.png, one row per pair of test images (chosen by ``sample.seed``), and
     interpolation.npz; encoding uses the evaluation's dequantization noise."""
     model, preprocessing, data = restored.model, restored.preprocessing, restored.data
-    if not can_interpolate(model):
-        log.info("no interpolation: %s has a base distribution without a straight-line "
-                 "path between latents", type(model).__name__)
-        return []
     n_pairs = min(cfg.interpolation_pairs, len(data.test) // 2)
     if n_pairs == 0:
         log.info("no interpolation: the test set has fewer than two images")

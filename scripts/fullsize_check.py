@@ -44,8 +44,9 @@ def main() -> None:
         started = time.perf_counter()
         subprocess.run([
             sys.executable, "-m", "flowtrain", "model=realnvp", "model.n_filters=128",
-            "model.n_blocks=8", "data=array", f"data.path={Path(folder) / 'digits32.npz'}",
-            "train=images", f"train.steps={args.steps}", f"train.batch_size={args.batch_size}",
+            "model.n_blocks=8", "data=image_array",
+            f"data.path={Path(folder) / 'digits32.npz'}",
+            f"train.steps={args.steps}", f"train.batch_size={args.batch_size}",
             f"train.eval_every={args.steps}", f"train.sample_every={args.steps}",
             f"train.checkpoint_every={args.steps}", "train.log_every=1",
             "train.eval_batch_size=50", f"hydra.run.dir={run_dir}", *overrides,

@@ -65,7 +65,8 @@ def test_array_path_not_given_names_the_key(tmp_path):
 ])
 def test_ill_shaped_array_file_is_explained(tmp_path, arrays, complaint):
     np.savez(tmp_path / "bad.npz", **arrays)
-    out = _fails("model=mixture_cdf", "data=array", f"data.path={tmp_path / 'bad.npz'}",
+    option = "data=image_array" if arrays["train"].ndim >= 3 else "data=array"
+    out = _fails("model=mixture_cdf", option, f"data.path={tmp_path / 'bad.npz'}",
                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert complaint in out, out
 

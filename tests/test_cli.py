@@ -116,10 +116,12 @@ def test_help_lists_groups_and_options(tmp_path):
     out = run_cli("--help", cwd=tmp_path).stdout
     lines = {line.split(":")[0].strip(): line for line in out.splitlines() if ": " in line}
     for group, options in {"model": ["mixture_cdf", "arflow2d"],
-                           "data": ["gmm1d", "toy2d", "array"],
+                           "data": ["gmm1d", "toy2d", "array", "image_array"],
                            "optim": ["adam", "adamw", "sgd"], "dequant": ["none"]}.items():
         assert all(option in lines[group] for option in options), lines.get(group)
     assert "schema" not in out
+    # the train group holds training regimes, not one alias per data set
+    assert lines["train"].split(":")[1].strip() == "images, points, small_images"
 
 
 def test_cfg_job_prints_the_resolved_config(tmp_path):

@@ -1,4 +1,6 @@
-"""Properties every flow must have, parametrized over all of them (a new flow joins FLOWS)."""
+"""What the flows do beyond the properties every bijection shares (those, and the list of
+every model, are in test_bijections.py): densities that integrate to one, samplers that agree,
+causal conditioners, construction errors and initial states."""
 
 from __future__ import annotations
 
@@ -6,54 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from test_bijections import perturbed
 from torch import nn
 
 from flowtrain.errors import ConfigError
 from flowtrain.flows.autoregressive import AutoregressiveFlow
-from flowtrain.flows.base import FlowModel
 from flowtrain.flows.gated_pixelcnn import GatedPixelCNN
-from flowtrain.flows.glow import Glow
 from flowtrain.flows.made import MADE
 from flowtrain.flows.mixture_cdf import MixtureCDFFlow
 from flowtrain.flows.pixelcnn import PixelCNN, PixelCNNFlow
-from flowtrain.flows.realnvp import RealNVP
-
-
-def _perturbed(model: FlowModel, seed: int = 0) -> FlowModel:
-    """Move every parameter off its initial value so the tests see a generic flow."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator,
-                                             dtype=parameter.dtype))
-    return model
-
-
-FLOWS = {
-    "mixture_cdf-gaussian": lambda: MixtureCDFFlow((3,), n_components=4, family="gaussian"),
-    "mixture_cdf-logistic": lambda: MixtureCDFFlow((3,), n_components=4, family="logistic"),
-    "mixture_cdf-1component": lambda: MixtureCDFFlow((2,), n_components=1),
-    "arflow2d": lambda: AutoregressiveFlow((2,), n_components=4, hidden_features=16),
-    "arflow2d-logistic-reversed": lambda: AutoregressiveFlow(
-        (2,), n_components=3, family="logistic", hidden_features=8, order=[1, 0]),
-    "arflow-4d-permuted": lambda: AutoregressiveFlow(
-        (4,), n_components=3, hidden_features=12, hidden_layers=3, order=[2, 0, 3, 1]),
-    "arflow-1d-no-hidden": lambda: AutoregressiveFlow((1,), n_components=3, hidden_layers=0),
-    "realnvp-1x4x4": lambda: RealNVP((1, 4, 4), n_filters=4, n_blocks=1),
-    "realnvp-3x4x4": lambda: RealNVP((3, 4, 4), n_filters=4, n_blocks=1, checkerboard_in=2,
-                                     channelwise=2, checkerboard_out=1),
-    "realnvp-2x2x6": lambda: RealNVP((2, 2, 6), n_filters=3, n_blocks=0),
-    "glow-1x4x4-2levels": lambda: Glow((1, 4, 4), levels=2, steps=2, n_filters=4, n_blocks=1),
-    "glow-3x4x4": lambda: Glow((3, 4, 4), levels=2, steps=1, n_filters=4, n_blocks=0),
-    "glow-2x4x8-1level": lambda: Glow((2, 4, 8), levels=1, steps=3, n_filters=3, n_blocks=1),
-    "pixelcnn-1x4x4": lambda: PixelCNNFlow((1, 4, 4), n_components=3, n_filters=6, n_blocks=1),
-    "pixelcnn-3x3x3-gaussian": lambda: PixelCNNFlow((3, 3, 3), n_components=2,
-                                                    family="gaussian", n_filters=6, n_blocks=2),
-    "pixelcnn-plain-3x3x3": lambda: PixelCNNFlow((3, 3, 3), n_components=2, n_filters=6,
-                                                 n_blocks=1, network="plain"),
-    "pixelcnn-no-blocks-1x3x3": lambda: PixelCNNFlow((1, 3, 3), n_components=2, n_filters=4,
-                                                     n_blocks=0),
-}
 
 SAMPLERS_TO_COMPARE = {
     "mixture_cdf-gaussian": lambda: MixtureCDFFlow((1,), n_components=4, family="gaussian"),
@@ -68,58 +31,9 @@ SAMPLERS_TO_COMPARE = {
 }
 
 
-@pytest.fixture(params=sorted(FLOWS))
-def flow(request) -> FlowModel:
-    # eval(): ActNorm's data-dependent initialization is a training-time step, tested apart.
-    torch.manual_seed(0)  # the same initial weights whatever ran before
-    return _perturbed(FLOWS[request.param]()).double().eval()
-
-
-def _inputs(flow: FlowModel, n: int = 16, seed: int = 1) -> torch.Tensor:
-    """Points where the flow has its mass: far out in the tails F(x) rounds to 0 or 1 and
-    no CDF flow can be inverted, in any precision."""
-    return flow.sample(n, generator=torch.Generator().manual_seed(seed))
-
-
-def test_inverse_of_forward_is_identity(flow):
-    x = _inputs(flow)
-    z, _ = flow(x)
-    assert torch.allclose(flow.inverse(z), x, atol=1e-5)
-
-
-def test_forward_of_inverse_is_identity(flow):
-    z = torch.rand((16, *flow.event_shape), dtype=torch.float64,
-                   generator=torch.Generator().manual_seed(2)) * 0.98 + 0.01
-    x = flow.inverse(z)
-    assert torch.allclose(flow(x)[0], z, atol=1e-6)
-
-
-def test_log_det_matches_autograd_jacobian(flow):
-    x = _inputs(flow, n=5)
-    _, log_det = flow(x)
-    for i in range(len(x)):
-        jacobian = torch.autograd.functional.jacobian(
-            lambda point: flow(point.unsqueeze(0))[0].flatten(), x[i])
-        jacobian = jacobian.reshape(jacobian.shape[0], -1)
-        expected = torch.linalg.slogdet(jacobian).logabsdet
-        assert torch.allclose(log_det[i], expected, atol=1e-8), (log_det[i], expected)
-
-
-def test_log_det_has_one_value_per_example(flow):
-    x = _inputs(flow, n=7)
-    z, log_det = flow(x)
-    assert z.shape == x.shape and log_det.shape == (7,)
-
-
-def test_samples_have_event_shape_and_are_finite(flow):
-    samples = flow.sample(32, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (32, *flow.event_shape)
-    assert torch.isfinite(samples).all()
-
-
 @pytest.mark.parametrize("family", ["gaussian", "logistic"])
 def test_1d_density_integrates_to_one(family):
-    flow = _perturbed(MixtureCDFFlow((1,), n_components=5, family=family)).double()
+    flow = perturbed(MixtureCDFFlow((1,), n_components=5, family=family)).double()
     scale = flow.cdf_transform.log_scale.exp().max().item()
     grid = torch.linspace(-60 * scale - 10, 60 * scale + 10, 400_001,
                           dtype=torch.float64).unsqueeze(1)
@@ -133,7 +47,7 @@ def test_inversion_and_ancestral_samplers_agree(name):
     """Two-sample KS per coordinate, and on x1 + x2 so the dependence is compared too."""
     from scipy.stats import ks_2samp
 
-    flow = _perturbed(SAMPLERS_TO_COMPARE[name](), seed=3)
+    flow = perturbed(SAMPLERS_TO_COMPARE[name](), seed=3)
     by_inversion = flow.sample(4000, generator=torch.Generator().manual_seed(10))
     ancestral = flow.sample_ancestral(4000, generator=torch.Generator().manual_seed(11))
     by_inversion, ancestral = by_inversion.flatten(1), ancestral.flatten(1)
@@ -148,7 +62,7 @@ def test_samplers_match_the_model_cdf():
     """Both samplers against the model's own CDF (one-sample KS), not only each other."""
     from scipy.stats import kstest
 
-    flow = _perturbed(MixtureCDFFlow((1,), n_components=3), seed=4).double()
+    flow = perturbed(MixtureCDFFlow((1,), n_components=3), seed=4).double()
 
     def model_cdf(values):
         points = torch.as_tensor(values, dtype=torch.float64).reshape(-1, 1)
@@ -162,14 +76,14 @@ def test_samplers_match_the_model_cdf():
 @pytest.mark.parametrize("seed", range(20))
 def test_log_prob_is_finite_far_in_the_tails_in_float32(seed):
     """z = F(x) must not round past 1 (softmax weights can sum to 1 + 1 ulp)."""
-    flow = _perturbed(MixtureCDFFlow((1,), n_components=8), seed=seed)
+    flow = perturbed(MixtureCDFFlow((1,), n_components=8), seed=seed)
     far = torch.tensor([[-30.0], [30.0], [1e4]])
     assert torch.isfinite(flow.log_prob(far)).all()
 
 
 @pytest.mark.parametrize("family", ["gaussian", "logistic"])
 def test_2d_autoregressive_density_integrates_to_one(family):
-    flow = _perturbed(AutoregressiveFlow((2,), n_components=4, family=family,
+    flow = perturbed(AutoregressiveFlow((2,), n_components=4, family=family,
                                          hidden_features=16), seed=7).double()
     axis = torch.linspace(-40, 40, 1601, dtype=torch.float64)
     grid = torch.cartesian_prod(axis, axis)
@@ -186,7 +100,7 @@ def test_made_outputs_depend_only_on_earlier_inputs(order, hidden_layers):
     n_dims = len(order)
     made = MADE(n_dims, outputs_per_dim=3, hidden_features=10, hidden_layers=hidden_layers,
                 order=order)
-    _perturbed(made)
+    perturbed(made)
     x = torch.randn(1, n_dims, requires_grad=True)
     for rank, dim in enumerate(order):
         (gradient,) = torch.autograd.grad(made(x)[0, dim].sum(), x)
@@ -231,7 +145,7 @@ def _dependencies(net: nn.Module, channels: int, height: int,
                   width: int) -> Iterator[tuple[tuple[int, int, int], list, list]]:
     """For every value (c, i, j): the values at or after it and the values before it in
     raster-then-channel order, each with the summed |gradient| of its mixture parameters."""
-    _perturbed(net)
+    perturbed(net)
     # a few inputs at once, so no dependence hides behind a unit that happens to be off
     x = torch.randn(4, channels, height, width, requires_grad=True,
                     generator=torch.Generator().manual_seed(0))
@@ -276,7 +190,7 @@ def test_gated_pixelcnn_has_no_blind_spot(channels):
 @pytest.mark.parametrize("network", [PixelCNN, GatedPixelCNN])
 def test_pixelcnn_sees_the_previous_pixel_and_channel(network):
     net = network(3, outputs_per_value=1, n_filters=24, n_blocks=1)
-    _perturbed(net)
+    perturbed(net)
     x = torch.randn(4, 3, 3, 3, requires_grad=True, generator=torch.Generator().manual_seed(0))
     (gradient,) = torch.autograd.grad(net(x)[:, 2, 1, 1].sum(), x)
     assert gradient[0, 0, 1, 1] != 0 and gradient[0, 1, 1, 1] != 0  # R and G of this pixel

@@ -1,6 +1,6 @@
 """Glow's parts: the LU-form 1x1 convolution, the multi-scale priors, temperature sampling,
-shape errors and ``model=glow`` through the real command. Round trips and log-dets of whole
-Glows against autograd are in test_flows.py (FLOWS)."""
+shape errors and ``model=glow`` through the real command. Round trips and log-dets against
+autograd, of whole Glows and of each of their parts, are in test_bijections.py."""
 
 from __future__ import annotations
 
@@ -55,18 +55,12 @@ def test_invertible_conv_starts_as_the_orthogonal_matrix_it_factored():
     assert abs(conv.log_abs_diagonal.sum().item()) < 1e-5  # a rotation: log-det 0
 
 
-def test_invertible_conv_inverts_and_its_log_det_is_hw_times_log_det_of_w():
+def test_invertible_conv_applies_w_to_every_pixels_channels():
     torch.manual_seed(0)
     conv = InvertibleConv1x1(5).double()
     _perturb(conv)
     x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
-    z, log_det = conv(x)
-    assert torch.allclose(conv.inverse(z), x, atol=1e-10)
-    with torch.no_grad():
-        expected = torch.linalg.slogdet(conv.weight()).logabsdet * 4 * 6
-    assert log_det.shape == (3,)
-    assert torch.allclose(log_det, expected.expand(3), atol=1e-10)
-    # and it is the convolution it claims: W applied to every pixel's channel vector
+    z, _ = conv(x)
     with torch.no_grad():
         by_pixel = torch.einsum("ij,bjhw->bihw", conv.weight(), x)
     assert torch.allclose(z, by_pixel, atol=1e-10)

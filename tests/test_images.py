@@ -118,8 +118,9 @@ def test_missing_mnist_fails_before_training(tmp_path):
 def test_odd_sized_images_name_the_constraint(tmp_path):
     np.savez(tmp_path / "odd.npz", train=np.zeros((8, 6, 5), np.uint8),
              test=np.zeros((4, 6, 5), np.uint8))
-    result = run_cli(*TINY_REALNVP, "data=array", f"data.path={tmp_path / 'odd.npz'}",
-                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    result = run_cli(*TINY_REALNVP, "data=image_array",
+                     f"data.path={tmp_path / 'odd.npz'}", f"hydra.run.dir={tmp_path / 'run'}",
+                     cwd=tmp_path, check=False)
     assert result.returncode != 0
     assert "RealNVP needs even height and width" in result.stdout + result.stderr
     assert "6x5" in result.stdout + result.stderr
@@ -129,7 +130,7 @@ def test_array_images_train_with_their_levels(tmp_path):
     generator = np.random.default_rng(0)
     np.savez(tmp_path / "images.npz", train=generator.integers(0, 4, (16, 2, 4, 4)),
              test=generator.integers(0, 4, (8, 2, 4, 4)))
-    run_cli(*TINY_REALNVP, "data=array", f"data.path={tmp_path / 'images.npz'}",
+    run_cli(*TINY_REALNVP, "data=image_array", f"data.path={tmp_path / 'images.npz'}",
             "data.levels=4", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     metrics = read_metrics(tmp_path / "run")
     assert metrics["steps"] == 6 and np.isfinite(metrics["test_bpd"])
@@ -140,7 +141,7 @@ def test_channels_last_image_arrays_are_recognized(tmp_path):
 
     np.savez(tmp_path / "hwc.npz", train=np.zeros((4, 16, 16, 3), np.uint8),
              test=np.zeros((2, 16, 16, 3), np.uint8))
-    assert ArrayData(str(tmp_path / "hwc.npz")).event_shape == (3, 16, 16)
+    assert ArrayData(str(tmp_path / "hwc.npz"), images=True).event_shape == (3, 16, 16)
 
 
 def test_levels_only_for_image_arrays(tmp_path):
@@ -149,6 +150,20 @@ def test_levels_only_for_image_arrays(tmp_path):
     np.savez(tmp_path / "points.npz", train=np.zeros((4, 2)), test=np.zeros((2, 2)))
     with pytest.raises(DataError, match="data.levels is for images"):
         ArrayData(str(tmp_path / "points.npz"), levels=4)
+
+
+def test_an_array_of_the_other_kind_names_the_option_to_use(tmp_path):
+    """data=array trains with the point settings and data=image_array with the image ones,
+    so a file of the other kind is refused at load time, naming the option that fits."""
+    from flowtrain.data.array import ArrayData
+
+    np.savez(tmp_path / "images.npz", train=np.zeros((4, 8, 8), np.uint8),
+             test=np.zeros((2, 8, 8), np.uint8))
+    np.savez(tmp_path / "points.npz", train=np.zeros((4, 2)), test=np.zeros((2, 2)))
+    with pytest.raises(DataError, match=r"holds images .*use data=image_array"):
+        ArrayData(str(tmp_path / "images.npz"))
+    with pytest.raises(DataError, match=r"holds points .*use data=array"):
+        ArrayData(str(tmp_path / "points.npz"), images=True)
 
 
 def test_resumed_image_run_matches_an_uninterrupted_one(tmp_path):

@@ -1,4 +1,5 @@
-"""RealNVP's parts: masks, squeeze, ActNorm, float32 invertibility, shape errors."""
+"""RealNVP's parts: masks, squeeze, ActNorm, float32 invertibility, shape errors. Round trips
+and log-dets against autograd, of the parts and of whole RealNVPs, are in test_bijections.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from flowtrain.errors import ConfigError
 from flowtrain.flows.actnorm import ActNorm
 from flowtrain.flows.coupling import channel_mask, checkerboard_mask
 from flowtrain.flows.realnvp import RealNVP
-from flowtrain.flows.reshape import squeeze, unsqueeze
+from flowtrain.flows.reshape import squeeze
 from flowtrain.training.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -28,11 +29,10 @@ def test_checkerboard_alternates_between_neighbours():
     assert torch.equal(mask[:-1] + mask[1:], torch.ones(3, 4))
 
 
-def test_squeeze_round_trips_and_keeps_patches_together():
+def test_squeeze_keeps_patches_together():
     x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
     squeezed = squeeze(x)
     assert squeezed.shape == (2, 12, 2, 3)
-    assert torch.equal(unsqueeze(squeezed), x)
     # the four values of the top-left 2x2 patch of channel 0 land in channels 0..3
     assert sorted(squeezed[0, :4, 0, 0].tolist()) == sorted(x[0, 0, :2, :2].flatten().tolist())
 

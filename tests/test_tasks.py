@@ -74,7 +74,7 @@ def test_eval_on_other_data_of_the_same_shape(realnvp_run, tmp_path):
     generator = np.random.default_rng(0)
     np.savez(tmp_path / "other.npz", train=generator.integers(0, 17, (20, 8, 8)),
              test=generator.integers(0, 17, (10, 8, 8)))
-    result = _eval_json(_task(realnvp_run, tmp_path / "eval", "eval", "data=array",
+    result = _eval_json(_task(realnvp_run, tmp_path / "eval", "eval", "data=image_array",
                               f"data.path={tmp_path / 'other.npz'}", "data.levels=17"))
     assert result["data"] == "other.npz" and result["n_test"] == 10
     assert math.isfinite(result["test_bpd"])

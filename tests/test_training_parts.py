@@ -135,26 +135,27 @@ def _assert_same(before, after) -> None:
 
 def test_a_nonfinite_loss_changes_neither_weights_nor_optimizer(tmp_path):
     trainer = _trainer(tmp_path)
-    trainer.train_step(trainer.state.batches.next())  # the optimizer has moments now
+    # the optimizer has moments now
+    trainer.train_step(trainer.state.batches.next().to(trainer.device))
     before = _snapshot(trainer)
-    poisoned = trainer.state.batches.next().clone()
+    poisoned = trainer.state.batches.next().to(trainer.device).clone()
     poisoned[0] = float("nan")
     trainer.train_step(poisoned)
     _assert_same(before, _snapshot(trainer))
     assert trainer.state.step == 2
     assert (trainer.state.nonfinite.total, trainer.state.nonfinite.in_a_row) == (1, 1)
-    trainer.train_step(trainer.state.batches.next())
+    trainer.train_step(trainer.state.batches.next().to(trainer.device))
     assert (trainer.state.nonfinite.total, trainer.state.nonfinite.in_a_row) == (1, 0)
     assert trainer.state.window.steps == 2  # the skipped step's loss is not averaged in
 
 
 def test_an_infinite_gradient_with_a_finite_loss_is_skipped(tmp_path):
     trainer = _trainer(tmp_path)
-    trainer.train_step(trainer.state.batches.next())
+    trainer.train_step(trainer.state.batches.next().to(trainer.device))
     before = _snapshot(trainer)
     parameter = next(trainer.state.model.parameters())
     handle = parameter.register_hook(lambda gradient: gradient * float("inf"))
-    grad_norm = trainer.train_step(trainer.state.batches.next())
+    grad_norm = trainer.train_step(trainer.state.batches.next().to(trainer.device))
     handle.remove()
     assert not torch.isfinite(grad_norm)
     _assert_same(before, _snapshot(trainer))
@@ -163,10 +164,27 @@ def test_an_infinite_gradient_with_a_finite_loss_is_skipped(tmp_path):
 
 def test_the_nonfinite_streak_survives_a_checkpoint(tmp_path):
     trainer = _trainer(tmp_path)
-    poisoned = trainer.state.batches.next().clone()
+    poisoned = trainer.state.batches.next().to(trainer.device).clone()
     poisoned[:] = float("nan")
     trainer.train_step(poisoned)
     trainer.train_step(poisoned)
     trainer.save("last.pt")
     resumed = _trainer(tmp_path, "resume=true")
     assert (resumed.state.nonfinite.total, resumed.state.nonfinite.in_a_row) == (2, 2)
+
+
+def test_a_resumed_runs_event_file_sorts_after_the_killed_runs(tmp_path):
+    """TensorBoard reads event files in name order (the second they were made, then the
+    pid): a run resumed within the second its predecessor started must still come after
+    it, or its purge would hide the earlier curves."""
+    import time
+
+    from flowtrain.training.logger import RunLogger
+
+    (tmp_path / "tb").mkdir()
+    killed = tmp_path / "tb" / f"events.out.tfevents.{int(time.time())}.host.999999999.0"
+    killed.touch()
+    with RunLogger(tmp_path, purge_step=36):
+        pass
+    names = sorted(path.name for path in (tmp_path / "tb").iterdir())
+    assert names[0] == killed.name and len(names) == 2

@@ -1,7 +1,9 @@
 """Your own data from an .npz file with arrays ``train`` and ``test``.
 
-Points: [N] or [N, D] numbers (continuous). Images: integer [N, H, W] or [N, C, H, W] with
-values in 0 .. levels-1 (``data.levels``, 256 unless given), dequantized like any image set.
+``data=array``: points, [N] or [N, D] numbers (continuous). ``data=image_array``: integer
+images [N, H, W] or [N, C, H, W] with values in 0 .. levels-1 (``data.levels``, 256 unless
+given), dequantized like any image set. The two options train with different settings
+(conf/train/), so a file of the other kind is refused with the option to use.
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ def _check(file: Path, split: str, values: np.ndarray, levels: int | None) -> No
 
 
 class ArrayData(FlowData):
-    """``data=array data.path=FILE.npz``."""
+    """``data=array data.path=FILE.npz`` (points) or ``data=image_array`` (``images``)."""
 
-    def __init__(self, path: str, standardize: bool = True, levels: int | None = None):
+    def __init__(self, path: str, standardize: bool = True, levels: int | None = None,
+                 images: bool = False):
         file = Path(path).expanduser()
         found = _load(file, path)
         for split in ("train", "test"):
@@ -63,18 +66,26 @@ class ArrayData(FlowData):
         if len(ranks) > 1:
             raise DataError(f"{file}: `train` and `test` differ in shape: "
                             f"{found['train'].shape[1:]} vs {found['test'].shape[1:]}")
-        images = ranks.pop()
-        if levels is not None and not images:
-            raise DataError(f"{file}: data.levels is for images; these are points "
-                            f"(shape {found['train'].shape}). Leave data.levels=null.")
+        holds_images = ranks.pop()
         if levels is not None and levels < 2:
             raise DataError(f"data.levels must be at least 2; got {levels}")
         image_levels = 256 if levels is None else levels
+        for split in ("train", "test"):
+            _check(file, split, found[split], image_levels)
+        if holds_images != images:
+            kind = "images" if holds_images else "points"
+            option, settings = (("image_array", "image") if holds_images
+                                else ("array", "point"))
+            raise DataError(f"{file} holds {kind} (train shape {found['train'].shape}): use "
+                            f"data={option}, which trains with the {settings} settings "
+                            f"(train={settings}s).")
+        if levels is not None and not images:
+            raise DataError(f"{file}: data.levels is for images; these are points "
+                            f"(shape {found['train'].shape}). Leave data.levels=null.")
         channels_last = images and looks_channels_last(found["train"].shape)
         splits = {}
         for split in ("train", "test"):
             values = found[split]
-            _check(file, split, values, image_levels)
             if images:
                 splits[split] = as_images(values.astype(np.int64), channels_last).to(
                     torch.uint8 if image_levels <= 256 else torch.int32)

@@ -70,12 +70,13 @@ class AffineCoupling(Bijection):
     """z = m * x + (1 - m) * (x * exp(s(m * x)) + t(m * x)), with the log-scale bounded as
     s = scale * tanh(raw) + shift (learned scale and shift per channel).
 
-    ``context``: features the network also sees, concatenated to m * x along channels
-    (a conditional flow, as in variational dequantization's q(u | x)); its network then
-    takes C + context channels in."""
+    ``conditional``: the network also sees the ``context``, concatenated to m * x along
+    channels (as in variational dequantization's q(u | x)), and takes C + context channels
+    in; otherwise the context is ignored, like every unconditional bijection does."""
 
-    def __init__(self, mask: Tensor, coupling_net: nn.Module):
+    def __init__(self, mask: Tensor, coupling_net: nn.Module, conditional: bool = False):
         super().__init__()
+        self.conditional = conditional
         self.register_buffer("mask", mask)
         self.coupling_net = coupling_net
         channels = mask.shape[1]
@@ -84,7 +85,12 @@ class AffineCoupling(Bijection):
 
     def _scale_and_translation(self, x_kept: Tensor, context: Tensor | None
                                ) -> tuple[Tensor, Tensor]:
-        inputs = x_kept if context is None else torch.cat([x_kept, context], dim=1)
+        if self.conditional:
+            if context is None:
+                raise ValueError("a conditional coupling needs its context")
+            inputs = torch.cat([x_kept, context], dim=1)
+        else:
+            inputs = x_kept
         # Back to the input's dtype: under bf16 autocast only the network runs in bf16,
         # never the transform or its log-det.
         raw_log_scale, translation = (self.coupling_net(inputs).to(x_kept.dtype)

@@ -20,6 +20,7 @@ from flowtrain.likelihood import (
     importance_weighted_nll,
     negative_log_likelihood,
 )
+from flowtrain.training.runtime import exact_float32
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,14 @@ def mean_nll(model: FlowModel, preprocessing: Preprocessing, points: torch.Tenso
              progress: bool = False) -> float:
     """Mean NLL (nats per example) over ``points``, in batches: the dequantization bound,
     or with ``n_samples`` > 1 the importance-weighted estimate over that many noise draws.
-    Always fp32, whatever the run trained in, so bits/dim compare across runs."""
+    Always fp32 (not bf16, not TF32), whatever the run trained in, so bits/dim compare
+    across runs and a checkpoint evaluated later gives the number its run reported."""
     generator = evaluation_generator(device, seed)
     total = torch.zeros((), dtype=torch.float64, device=device)
     description = "eval" if n_samples == 1 else f"eval, {n_samples} draws"
     batches = tqdm(points.split(batch_size), desc=description, unit="batch",
                    disable=None if progress else True, dynamic_ncols=True)
-    with evaluation_mode(model, preprocessing):
+    with evaluation_mode(model, preprocessing), exact_float32():
         for batch in batches:
             args = (model, preprocessing, batch.to(device))
             nll = (negative_log_likelihood(*args, generator=generator) if n_samples == 1

@@ -1,4 +1,5 @@
-"""One training loop for every model: batch -> dequantize -> log_prob -> mean NLL -> step."""
+"""One training loop for every model: batch -> dequantize -> log_prob -> mean NLL -> step,
+then whatever periodic work is due (log, evaluate, pictures, checkpoint)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,94 +19,38 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from flowtrain.config import TrainConfig
 from flowtrain.data.base import FlowData
 from flowtrain.errors import ConfigError, NonFiniteError
-from flowtrain.flows.base import FlowModel
-from flowtrain.likelihood import Preprocessing, bits_per_dim, negative_log_likelihood
-from flowtrain.training.batches import BatchStream
+from flowtrain.likelihood import bits_per_dim, negative_log_likelihood
 from flowtrain.training.checkpoint import all_finite, remove_partial_writes, save_checkpoint
 from flowtrain.training.distributed import DataParallelFlow, Ranks
 from flowtrain.training.evaluation import evaluate_test_split, evaluation_mode, mean_nll
 from flowtrain.training.figures import figures_for
 from flowtrain.training.logger import RunLogger
-from flowtrain.training.runtime import autocast, rng_state, set_rng_state
+from flowtrain.training.runtime import autocast
+from flowtrain.training.state import TrainingState
 from flowtrain.training.stop import StopRequest
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class LossWindow:
-    """The training loss summed since the last log step. Part of the checkpoint, so a
-    resumed run logs the same train/nll as one left alone. The sum stays on the device:
-    adding to it costs no host sync."""
+class TrainingClock:
+    """Seconds spent in training steps alone (not evaluations, pictures or saves): in the
+    current log window, for its throughput, and in all."""
 
-    nll_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
-    steps: int = 0
+    window_seconds: float = 0.0
+    window_steps: int = 0
+    total_seconds: float = 0.0
 
-    def add(self, nll: torch.Tensor) -> None:
-        if self.nll_sum.device != nll.device:  # once: the sum starts on the CPU
-            self.nll_sum = self.nll_sum.to(nll.device)
-        self.nll_sum += nll.detach()  # in place: no new tensor every step
-        self.steps += 1
+    def add(self, seconds: float) -> None:
+        self.window_seconds += seconds
+        self.window_steps += 1
+        self.total_seconds += seconds
 
-    def take_mean(self) -> float | None:
-        """The mean over the window, which then starts again; None when it is empty."""
-        mean = self.nll_sum.item() / self.steps if self.steps else None
-        self.nll_sum, self.steps = torch.zeros_like(self.nll_sum), 0
-        return mean
-
-
-@dataclass
-class NonFiniteCount:
-    """Steps skipped for a NaN or infinite loss or gradient norm: in total, and in a row."""
-
-    total: int = 0
-    in_a_row: int = 0
-
-
-@dataclass
-class TrainingState:
-    """Everything that decides the rest of a run; what a checkpoint saves."""
-
-    model: FlowModel
-    preprocessing: Preprocessing
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    batches: BatchStream
-    device: torch.device = torch.device("cpu")
-    step: int = 0
-    best_test_bpd: float = math.inf
-    window: LossWindow = field(default_factory=LossWindow)
-    nonfinite: NonFiniteCount = field(default_factory=NonFiniteCount)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "best_test_bpd": self.best_test_bpd,
-            "model": self.model.state_dict(),
-            "preprocessing": self.preprocessing.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "batches": self.batches.state_dict(),
-            "rng": rng_state(self.device),
-            "window": {"nll_sum": self.window.nll_sum.cpu(), "steps": self.window.steps},
-            "nonfinite": {"total": self.nonfinite.total, "in_a_row": self.nonfinite.in_a_row},
-            **self.extra,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.preprocessing.load_state_dict(state["preprocessing"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"], self.device)
-        self.step = int(state["step"])
-        self.best_test_bpd = float(state["best_test_bpd"])
-        self.window = LossWindow(state["window"]["nll_sum"].to(self.device),
-                                 int(state["window"]["steps"]))
-        self.nonfinite = NonFiniteCount(int(state["nonfinite"]["total"]),
-                                        int(state["nonfinite"]["in_a_row"]))
+    def take_throughput(self, batch_size: int) -> float:
+        """Examples per second over the window, which then starts again."""
+        rate = self.window_steps * batch_size / max(self.window_seconds, 1e-9)
+        self.window_seconds, self.window_steps = 0.0, 0
+        return rate
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -155,14 +98,9 @@ class Trainer:
         self.trained = (DataParallelFlow(state.model, device) if self.ranks.distributed
                         else state.model)
         self.last_test_nll: tuple[int, float] | None = None  # (step, value)
+        self.train_bpd: float | None = None  # None while no step of this process counted
 
     # --- measuring -------------------------------------------------------------------
-
-    @contextmanager
-    def evaluating(self) -> Iterator[None]:
-        """Model and dequantizer in eval mode, and back to training after."""
-        with evaluation_mode(self.state.model, self.state.preprocessing):
-            yield
 
     def evaluate(self, points: torch.Tensor, n_samples: int = 1) -> float:
         """Mean NLL (nats per example) over ``points``, as ``task=eval`` measures it (the
@@ -177,7 +115,7 @@ class Trainer:
         own so that drawing them does not move the training RNG (a resumed run must see the
         same random numbers)."""
         generator = torch.Generator(self.device).manual_seed(self.seed + self.state.step)
-        with self.evaluating():
+        with evaluation_mode(self.state.model, self.state.preprocessing):
             samples = self.state.model.sample(n, temperature=self.cfg.sample_temperature,
                                               generator=generator)
         return self.state.preprocessing.restore(samples)
@@ -245,81 +183,79 @@ class Trainer:
                 f"optim.lr (now {self.state.optimizer.param_groups[0]['lr']:g}) or "
                 f"train.grad_clip and start again, or resume with: {self.resume_command}")
 
+    def due(self, every: int) -> bool:
+        """Whether periodic work done ``every`` steps is due now (always at the last step)."""
+        return self.state.step % every == 0 or self.state.step == self.cfg.steps
+
     def run(self) -> dict[str, Any]:
-        cfg, state, n_dims = self.cfg, self.state, self.data.n_dims
+        cfg, state = self.cfg, self.state
         main = self.ranks.is_main  # rank 0 alone writes; the other ranks only train
-        logger = RunLogger(self.run_dir, purge_step=state.step + 1 if state.step else None,
-                           enabled=main)
-        for partial in remove_partial_writes(self.checkpoint_dir) if main else []:
-            log.info("removed %s, an unfinished write from a run that was killed", partial.name)
-        first_step = state.step
-        window_seconds, window_steps = 0.0, 0
-        train_bpd = None  # stays None when a resumed run has no steps left
+        if main:
+            for partial in remove_partial_writes(self.checkpoint_dir):
+                log.info("removed %s, an unfinished write from a run that was killed",
+                         partial.name)
         if state.step >= cfg.steps:
             log.warning("the run is already at step %d of train.steps=%d; nothing to train. "
                         "Raise train.steps to continue it.", state.step, cfg.steps)
-        train_seconds, started = 0.0, time.perf_counter()
-        progress = tqdm(total=cfg.steps, initial=first_step, desc="train", unit="step",
-                        disable=None if main else True, dynamic_ncols=True)
-        try:
-            with logging_redirect_tqdm(), StopRequest() as stop:
-                stopping = False
-                while state.step < cfg.steps and not stopping:
-                    step_start = time.perf_counter()
-                    batch = state.batches.next().to(self.device, non_blocking=True)
-                    grad_norm = self.train_step(batch)
-                    window_steps += 1
-                    progress.update()
-                    last = state.step == cfg.steps
-                    if state.step % cfg.log_every == 0 or last:
-                        window_seconds += time.perf_counter() - step_start
-                        train_seconds += window_seconds
-                        scalars = {
-                            "lr": state.optimizer.param_groups[0]["lr"],
-                            "grad_norm": grad_norm.item(),
-                            "throughput": window_steps * cfg.batch_size / window_seconds,
-                            "nonfinite_steps": state.nonfinite.total,
-                        }
-                        train_nll = state.window.take_mean()
-                        if train_nll is not None:  # None: every step since the last was skipped
-                            train_bpd = bits_per_dim(train_nll, n_dims)
-                            scalars |= {"train/nll": train_nll, "train/bpd": train_bpd}
-                            progress.set_postfix(nll=f"{train_nll:.4f}",
-                                                 bpd=f"{train_bpd:.4f}")
-                        logger.scalars(scalars, state.step)
-                        window_seconds, window_steps = 0.0, 0
-                    else:
-                        # Only training steps count towards throughput, not evals or saves.
-                        window_seconds += time.perf_counter() - step_start
-                    if state.step % cfg.eval_every == 0 or last:
-                        self.evaluate_and_keep_best(logger)
-                    if state.step % cfg.sample_every == 0 or last:
-                        self.log_figures(logger)
-                    if state.step % cfg.checkpoint_every == 0 or last:
-                        self.save("last.pt")
-                        logger.flush()
-                    stopping = self.ranks.any(stop.requested is not None, self.device)
-                if stopping:
+        first_step, started, clock = state.step, time.perf_counter(), TrainingClock()
+        stopped_by = None
+        with (RunLogger(self.run_dir, purge_step=state.step + 1 if state.step else None,
+                        enabled=main) as logger,
+              tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step",
+                   disable=None if main else True, dynamic_ncols=True) as progress,
+              logging_redirect_tqdm(), StopRequest() as stop):
+            while state.step < cfg.steps and stopped_by is None:
+                step_start = time.perf_counter()
+                grad_norm = self.train_step(state.batches.next().to(self.device,
+                                                                     non_blocking=True))
+                clock.add(time.perf_counter() - step_start)
+                progress.update()
+                if self.due(cfg.log_every):
+                    self.log_training(logger, progress, grad_norm, clock)
+                if self.due(cfg.eval_every):
+                    self.evaluate_and_keep_best(logger)
+                if self.due(cfg.sample_every):
+                    self.log_figures(logger)
+                if self.due(cfg.checkpoint_every):
+                    # Events first: a checkpoint at step N never exists without the curves
+                    # up to N, even when the process is killed right after writing it.
+                    logger.flush()
                     self.save("last.pt")
-                    log.warning("%s at step %d: saved checkpoints/last.pt. Continue with: %s",
-                                stop.requested or "a stop on another rank", state.step,
-                                self.resume_command)
-            progress.close()
+                if self.ranks.any(stop.requested is not None, self.device):
+                    stopped_by = stop.requested or "another rank"
+            if stopped_by is not None:
+                logger.flush()
+                self.save("last.pt")
+                log.warning("%s at step %d: saved checkpoints/last.pt. Continue with: %s",
+                            stopped_by, state.step, self.resume_command)
             if not main:
                 self.ranks.wait_for_all()  # until rank 0 has written the run's results
                 return {}
-            metrics = self.final_metrics(train_bpd, first_step, train_seconds,
+            metrics = self.final_metrics(first_step, clock.total_seconds,
                                          time.perf_counter() - started)
-            metrics["stopped_by"] = stop.requested or ("another rank" if stopping else None)
+            metrics["stopped_by"] = stopped_by
             if "test_bpd_iw" in metrics:
                 logger.scalars({"test/bpd_iw": metrics["test_bpd_iw"]}, state.step)
             self.log_hyperparameters(logger, metrics)
-        finally:
-            progress.close()
-            logger.close()
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         self.ranks.wait_for_all()
         return metrics
+
+    def log_training(self, logger: RunLogger, progress: tqdm, grad_norm: torch.Tensor,
+                     clock: TrainingClock) -> None:
+        """The log window's loss (when any step in it counted), learning rate, gradient
+        norm and throughput."""
+        state = self.state
+        scalars = {"lr": state.optimizer.param_groups[0]["lr"],
+                   "grad_norm": grad_norm.item(),
+                   "throughput": clock.take_throughput(self.cfg.batch_size),
+                   "nonfinite_steps": state.nonfinite.total}
+        train_nll = state.window.take_mean()
+        if train_nll is not None:  # None: every step since the last was skipped
+            self.train_bpd = bits_per_dim(train_nll, self.data.n_dims)
+            scalars |= {"train/nll": train_nll, "train/bpd": self.train_bpd}
+            progress.set_postfix(nll=f"{train_nll:.4f}", bpd=f"{self.train_bpd:.4f}")
+        logger.scalars(scalars, state.step)
 
     def log_hyperparameters(self, logger: RunLogger, metrics: dict[str, Any]) -> None:
         """The config and final numbers, for comparing a sweep in TensorBoard's HParams tab."""
@@ -343,8 +279,8 @@ class Trainer:
             self.state.best_test_bpd = test_bpd
             self.save("best.pt")
 
-    def final_metrics(self, train_bpd: float | None, first_step: int, train_seconds: float,
-                      wall_seconds: float) -> dict[str, Any]:
+    def final_metrics(self, first_step: int, train_seconds: float, wall_seconds: float
+                      ) -> dict[str, Any]:
         known = self.last_test_nll  # already measured at this step: not measured again
         test = evaluate_test_split(
             self.state.model, self.state.preprocessing, self.data,
@@ -353,7 +289,7 @@ class Trainer:
         steps_run = self.state.step - first_step
         metrics: dict[str, Any] = {
             "steps": self.state.step,
-            "train_bpd": train_bpd,
+            "train_bpd": self.train_bpd,
             "test_nll": test["test_nll"],
             "test_bpd": test["test_bpd"],
             "best_test_bpd": self.state.best_test_bpd,

@@ -1,0 +1,321 @@
+"""Properties every bijection and every model must have, checked on one list (zuko's
+tests/test_transforms.py): the inverse round trips, log|det| is the log|det| of the autograd
+Jacobian, shapes, and the context reaches the transform. A new flow or building block is
+tested by joining CASES; ``test_every_bijection_in_flowtrain_is_in_the_list`` fails until it
+does."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import flowtrain.flows
+from flowtrain.dequant import Logit, VariationalDequantization
+from flowtrain.flows.actnorm import ActNorm
+from flowtrain.flows.autoregressive import AutoregressiveFlow, AutoregressiveMixtureCDF
+from flowtrain.flows.base import Bijection, Compose
+from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask, checkerboard_mask
+from flowtrain.flows.glow import Glow
+from flowtrain.flows.invconv import InvertibleConv1x1
+from flowtrain.flows.mixture_cdf import MixtureCDFFlow, MixtureCDFTransform
+from flowtrain.flows.multiscale import LearnedPrior, OnKeptHalf, SplitPrior
+from flowtrain.flows.pixelcnn import PixelCNNFlow, PixelCNNMixtureCDF
+from flowtrain.flows.realnvp import RealNVP
+from flowtrain.flows.reshape import Squeeze, Unsqueeze
+from flowtrain.likelihood import Identity, Standardize
+
+Sampler = Callable[[nn.Module, int, torch.Generator], Tensor]
+LEVELS = 17  # of the data the variational dequantizer's noise is conditioned on
+
+
+def perturbed(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Move every parameter off its initial value so the tests see a generic transform."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator,
+                                             dtype=parameter.dtype))
+    return module
+
+
+# --- where each entry's inputs live ---------------------------------------------------------
+
+
+def normal(*event_shape: int) -> Sampler:
+    return lambda _, n, generator: torch.randn((n, *event_shape), generator=generator,
+                                               dtype=torch.float64)
+
+
+def unit_interval(*event_shape: int) -> Sampler:
+    """Inside (0, 1) and away from its ends, where a CDF or a logit can be inverted."""
+    return lambda _, n, generator: 0.01 + 0.98 * torch.rand(
+        (n, *event_shape), generator=generator, dtype=torch.float64)
+
+
+def cdf_samples(*event_shape: int) -> Sampler:
+    """Samples of a CDF transform's density: far out in the tails F(x) rounds to 0 or 1 and
+    no CDF can be inverted, in any precision."""
+    def sample(transform: nn.Module, n: int, generator: torch.Generator) -> Tensor:
+        with torch.no_grad():
+            return transform.inverse(unit_interval(*event_shape)(transform, n, generator))
+    return sample
+
+
+def model_samples(flow: nn.Module, n: int, generator: torch.Generator) -> Tensor:
+    return flow.sample(n, generator=generator)
+
+
+def levels(*event_shape: int) -> Sampler:
+    """Discrete data in {0, ..., K-1}: what the variational dequantizer is conditioned on."""
+    return lambda _, n, generator: torch.randint(
+        0, LEVELS, (n, *event_shape), generator=generator).double()
+
+
+# --- building blocks that need more than their constructor -----------------------------------
+
+
+def initialized_actnorm(n_channels: int) -> ActNorm:
+    """ActNorm after its data-dependent initialization on a first training batch."""
+    actnorm = ActNorm(n_channels)
+    actnorm(3.0 + 2.0 * torch.randn(32, n_channels, 3, 3))
+    return actnorm
+
+
+def coupling(make_mask, shape: tuple[int, int, int], context_channels: int = 0
+             ) -> AffineCoupling:
+    channels = shape[0]
+    return AffineCoupling(make_mask(shape, 0), ResNet(channels + context_channels,
+                                                      2 * channels, n_filters=4, n_blocks=1),
+                          conditional=context_channels > 0)
+
+
+class NoiseTransform(Bijection):
+    """The variational dequantizer's u = sigmoid(g(eps; x)), with the data x as the context.
+
+    flowtrain never inverts it (q(u | x) is only sampled and scored), so its inverse is
+    written here: eps = g^-1(logit u; features of x)."""
+
+    def __init__(self, shape: tuple[int, int, int]):
+        super().__init__()
+        self.dequantizer = VariationalDequantization(LEVELS, 0.05, event_shape=shape,
+                                                     n_couplings=3, n_filters=6, n_blocks=1,
+                                                     context_channels=3)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.dequantizer.transform_noise(x, context)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.dequantizer.couplings.inverse(torch.logit(z),
+                                                  self.dequantizer.context(context))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One entry: how to build it, where its inputs live (points where it is invertible),
+    what it is conditioned on, and the event shape of z where a reshape changes it."""
+
+    build: Callable[[], nn.Module]
+    inputs: Sampler
+    context: Sampler | None = None
+    z_shape: tuple[int, ...] | None = None
+
+
+MODELS = {
+    "mixture_cdf-gaussian": lambda: MixtureCDFFlow((3,), n_components=4, family="gaussian"),
+    "mixture_cdf-logistic": lambda: MixtureCDFFlow((3,), n_components=4, family="logistic"),
+    "mixture_cdf-1component": lambda: MixtureCDFFlow((2,), n_components=1),
+    "arflow2d": lambda: AutoregressiveFlow((2,), n_components=4, hidden_features=16),
+    "arflow2d-logistic-reversed": lambda: AutoregressiveFlow(
+        (2,), n_components=3, family="logistic", hidden_features=8, order=[1, 0]),
+    "arflow-4d-permuted": lambda: AutoregressiveFlow(
+        (4,), n_components=3, hidden_features=12, hidden_layers=3, order=[2, 0, 3, 1]),
+    "arflow-1d-no-hidden": lambda: AutoregressiveFlow((1,), n_components=3, hidden_layers=0),
+    "realnvp-1x4x4": lambda: RealNVP((1, 4, 4), n_filters=4, n_blocks=1),
+    "realnvp-3x4x4": lambda: RealNVP((3, 4, 4), n_filters=4, n_blocks=1, checkerboard_in=2,
+                                     channelwise=2, checkerboard_out=1),
+    "realnvp-2x2x6": lambda: RealNVP((2, 2, 6), n_filters=3, n_blocks=0),
+    "glow-1x4x4-2levels": lambda: Glow((1, 4, 4), levels=2, steps=2, n_filters=4, n_blocks=1),
+    "glow-3x4x4": lambda: Glow((3, 4, 4), levels=2, steps=1, n_filters=4, n_blocks=0),
+    "glow-2x4x8-1level": lambda: Glow((2, 4, 8), levels=1, steps=3, n_filters=3, n_blocks=1),
+    "pixelcnn-1x4x4": lambda: PixelCNNFlow((1, 4, 4), n_components=3, n_filters=6, n_blocks=1),
+    "pixelcnn-3x3x3-gaussian": lambda: PixelCNNFlow((3, 3, 3), n_components=2,
+                                                    family="gaussian", n_filters=6, n_blocks=2),
+    "pixelcnn-plain-3x3x3": lambda: PixelCNNFlow((3, 3, 3), n_components=2, n_filters=6,
+                                                 n_blocks=1, network="plain"),
+    "pixelcnn-no-blocks-1x3x3": lambda: PixelCNNFlow((1, 3, 3), n_components=2, n_filters=4,
+                                                     n_blocks=0),
+}
+
+CASES = {
+    # the building blocks of the image flows
+    "actnorm": Case(lambda: initialized_actnorm(3), normal(3, 2, 3)),
+    "invertible_conv_1x1": Case(lambda: InvertibleConv1x1(4), normal(4, 2, 3)),
+    "squeeze": Case(Squeeze, normal(2, 4, 2), z_shape=(8, 2, 1)),
+    "unsqueeze": Case(Unsqueeze, normal(8, 1, 2), z_shape=(2, 2, 4)),
+    "affine_coupling-checkerboard": Case(lambda: coupling(checkerboard_mask, (2, 3, 4)),
+                                         normal(2, 3, 4)),
+    "affine_coupling-channel": Case(lambda: coupling(channel_mask, (4, 2, 2)),
+                                    normal(4, 2, 2)),
+    "affine_coupling-context": Case(lambda: coupling(checkerboard_mask, (1, 4, 4), 3),
+                                    normal(1, 4, 4), context=normal(3, 4, 4)),
+    "split_prior": Case(lambda: SplitPrior(5), normal(5, 2, 2)),
+    "learned_prior": Case(lambda: LearnedPrior((2, 2, 3)), normal(2, 2, 3)),
+    # the context goes through a composition (and a multi-scale half) to every part;
+    # the unconditional ones ignore it
+    "compose": Case(lambda: Compose([initialized_actnorm(2), InvertibleConv1x1(2),
+                                     coupling(channel_mask, (2, 2, 3), 2),
+                                     coupling(checkerboard_mask, (2, 2, 3)),
+                                     LearnedPrior((2, 2, 3))]),
+                    normal(2, 2, 3), context=normal(2, 2, 3)),
+    "on_kept_half": Case(lambda: OnKeptHalf([InvertibleConv1x1(2),
+                                             coupling(checkerboard_mask, (2, 2, 3), 1)]),
+                         normal(4, 2, 3), context=normal(1, 2, 3)),
+    # preprocessing and dequantization
+    "standardize": Case(lambda: Standardize(torch.tensor([1.0, -2.0, 0.5]),
+                                            torch.tensor([0.5, 3.0, 2.0])), normal(3)),
+    "identity": Case(Identity, normal(2, 2)),
+    "logit": Case(lambda: Logit(0.05), unit_interval(1, 2, 2)),
+    "variational_noise-1x2x2": Case(lambda: NoiseTransform((1, 2, 2)), normal(1, 2, 2),
+                                    context=levels(1, 2, 2)),
+    "variational_noise-2x3x2": Case(lambda: NoiseTransform((2, 3, 2)), normal(2, 3, 2),
+                                    context=levels(2, 3, 2)),
+    # the CDF transforms of the 1-D and autoregressive flows
+    "mixture_cdf_transform": Case(lambda: MixtureCDFTransform(3, 3, "logistic"),
+                                  cdf_samples(3)),
+    "autoregressive_mixture_cdf": Case(
+        lambda: AutoregressiveMixtureCDF(3, 3, "gaussian", hidden_features=6, hidden_layers=1,
+                                         order=[2, 0, 1]), cdf_samples(3)),
+    "pixelcnn_mixture_cdf-gated": Case(
+        lambda: PixelCNNMixtureCDF(2, 2, "logistic", n_filters=4, n_blocks=1),
+        cdf_samples(2, 2, 3)),
+    "pixelcnn_mixture_cdf-plain": Case(
+        lambda: PixelCNNMixtureCDF(2, 2, "gaussian", n_filters=4, n_blocks=1, network="plain"),
+        cdf_samples(2, 2, 3)),
+    # every model, on samples of its own density
+    **{name: Case(build, model_samples) for name, build in MODELS.items()},
+}
+
+
+def build(name: str) -> nn.Module:
+    # eval(): ActNorm's data-dependent initialization is a training-time step, tested apart.
+    torch.manual_seed(0)  # the same initial weights whatever ran before
+    return perturbed(CASES[name].build()).double().eval()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A built entry of CASES with 16 inputs (and contexts) to check it on."""
+
+    transform: nn.Module
+    x: Tensor
+    context: Tensor | None
+    case: Case
+
+    def first(self, n: int) -> tuple[Tensor, Tensor | None]:
+        return self.x[:n], None if self.context is None else self.context[:n]
+
+
+def _entry(name: str) -> Entry:
+    case, transform = CASES[name], build(name)
+    generator = torch.Generator().manual_seed(1)
+    x = case.inputs(transform, 16, generator)
+    context = case.context(transform, 16, generator) if case.context else None
+    return Entry(transform, x, context, case)
+
+
+# Module scope: each entry is built and sampled once for all the properties (the tests
+# leave it unchanged).
+@pytest.fixture(scope="module", params=sorted(CASES))
+def entry(request) -> Entry:
+    return _entry(request.param)
+
+
+@pytest.fixture(scope="module",
+                params=sorted(name for name, case in CASES.items() if case.context))
+def conditional(request) -> Entry:
+    return _entry(request.param)
+
+
+def test_inverse_of_forward_is_identity(entry):
+    z, _ = entry.transform(entry.x, entry.context)
+    assert torch.allclose(entry.transform.inverse(z, entry.context), entry.x, atol=1e-5)
+
+
+def test_forward_of_inverse_is_identity(entry):
+    """z in (0.01, 0.99): inside the domain of every inverse (a CDF's, a sigmoid's)."""
+    transform, context = entry.transform, entry.context
+    z_shape = entry.case.z_shape or entry.x.shape[1:]
+    z = unit_interval(*z_shape)(transform, len(entry.x), torch.Generator().manual_seed(2))
+    assert torch.allclose(transform(transform.inverse(z, context), context)[0], z, atol=1e-6)
+
+
+def _jacobians(transform: nn.Module, x: Tensor, context: Tensor | None) -> Tensor:
+    """dz/dx of every example, [B, D, D], by reverse mode: one pass per output dimension
+    seeds that output of every example at once (no example's z depends on another's x)."""
+    x = x.clone().requires_grad_()
+    z = transform(x, context)[0].flatten(1)
+    rows = [torch.autograd.grad(z[:, dim].sum(), x, retain_graph=True)[0].flatten(1)
+            for dim in range(z.shape[1])]
+    return torch.stack(rows, dim=1)
+
+
+def test_log_det_matches_autograd_jacobian(entry):
+    x, context = entry.first(5)
+    _, log_det = entry.transform(x, context)
+    expected = torch.linalg.slogdet(_jacobians(entry.transform, x, context)).logabsdet
+    assert torch.allclose(log_det, expected, atol=1e-8), (log_det, expected)
+
+
+def test_log_det_has_one_value_per_example(entry):
+    x, context = entry.first(7)
+    z, log_det = entry.transform(x, context)
+    assert z.shape == (7, *(entry.case.z_shape or x.shape[1:])) and log_det.shape == (7,)
+
+
+def test_the_context_reaches_the_transform(conditional):
+    """Another context gives another z, and the round trip holds under each: the context is
+    passed through (a composition, a multi-scale half) to the parts that use it."""
+    transform, x = conditional.transform, conditional.x
+    other = conditional.case.context(transform, len(x), torch.Generator().manual_seed(3))
+    z, log_det = transform(x, conditional.context)
+    z_other, log_det_other = transform(x, other)
+    assert not torch.allclose(z, z_other) and not torch.allclose(log_det, log_det_other)
+    assert torch.allclose(transform.inverse(z_other, other), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_samples_have_event_shape_and_are_finite(name):
+    flow = build(name)
+    samples = flow.sample(32, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (32, *flow.event_shape)
+    assert torch.isfinite(samples).all()
+
+
+def _bijections_in_flowtrain() -> set[type]:
+    """Every concrete Bijection subclass defined in flowtrain's flows, likelihood and
+    dequantization modules."""
+    flows = pkgutil.iter_modules(flowtrain.flows.__path__, "flowtrain.flows.")
+    for name in ["flowtrain.likelihood", "flowtrain.dequant", *(flow.name for flow in flows)]:
+        importlib.import_module(name)
+    found, unvisited = set(), [Bijection]
+    while unvisited:
+        for subclass in unvisited.pop().__subclasses__():
+            unvisited.append(subclass)
+            if subclass.__module__.startswith("flowtrain.") and not inspect.isabstract(subclass):
+                found.add(subclass)
+    return found
+
+
+def test_every_bijection_in_flowtrain_is_in_the_list():
+    listed = {type(CASES[name].build()) for name in CASES}
+    missing = sorted(f"{cls.__module__}.{cls.__qualname__}"
+                     for cls in _bijections_in_flowtrain() - listed)
+    assert not missing, f"add an entry to CASES in tests/test_bijections.py for {missing}"
+
