@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -15,17 +17,20 @@ GRIDS = {"rings": (6.0, 1201), "eight_gaussians": (6.0, 1201), "checkerboard": (
          "image": (3.0, 601)}
 
 
-def _grid(name: str):
+@functools.cache
+def _density_on_grid(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid's axis and the closed-form density on it, computed once per set: both
+    tests below read it (the picture's density takes seconds to evaluate)."""
     limit, points = GRIDS[name]
     axis = torch.linspace(-limit, limit, points, dtype=torch.float64)
-    return axis, torch.cartesian_prod(axis, axis)
+    density = Toy2D(name, n_train=10, n_test=10).density.log_prob(
+        torch.cartesian_prod(axis, axis)).exp().view(points, points)
+    return axis, density
 
 
 @pytest.mark.parametrize("name", KNOWN)
 def test_true_density_integrates_to_one(name):
-    data = Toy2D(name, n_train=10, n_test=10)
-    axis, grid = _grid(name)
-    density = data.density.log_prob(grid).exp().view(len(axis), len(axis))
+    axis, density = _density_on_grid(name)
     integral = torch.trapezoid(torch.trapezoid(density, axis, dim=1), axis).item()
     assert abs(integral - 1.0) < 5e-3, integral
 
@@ -37,8 +42,7 @@ def test_samples_follow_the_true_density(name):
     squares, equal ring weights or a wrong noise scale all give far more."""
     limit, points = GRIDS[name]
     data = Toy2D(name, n_train=200_000, n_test=10)
-    axis, grid = _grid(name)
-    density = data.density.log_prob(grid).exp().view(len(axis), len(axis))
+    axis, density = _density_on_grid(name)
     cell = (axis[1] - axis[0]).item() ** 2
     bins = 24
     per_bin = (points - 1) // bins
