@@ -133,9 +133,14 @@ class Toy2DConfig:
 class ArrayConfig:
     _target_: str = "flowtrain.data.array.ArrayData"
     path: str = MISSING
-    standardize: bool = True  # points only; images are scaled by the dequantizer
-    levels: Optional[int] = None  # noqa: UP045 - images: 256 when null
-    images: bool = False  # data=image_array: integer images, not points
+    standardize: bool = True
+
+
+@dataclass
+class ImageArrayConfig:
+    _target_: str = "flowtrain.data.array.ImageArrayData"
+    path: str = MISSING
+    levels: int = 256
 
 
 @dataclass
@@ -194,11 +199,11 @@ class OptimConfig:
     """Optimizer and learning-rate schedule; ``_target_`` is a torch.optim class."""
 
     _target_: str = MISSING
-    lr: float = 1e-3
+    lr: float = MISSING  # the training regime's (conf/train/): it depends on the data
     weight_decay: float = 0.0
-    schedule: Schedule = Schedule.constant
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
+    schedule: Schedule = Schedule.cosine
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01
 
 
 @dataclass
@@ -283,7 +288,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
               "realnvp": RealNVPConfig, "glow": GlowConfig,
               "pixelcnn_arflow": PixelCNNFlowConfig},
     "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig,
-             "image_array": ArrayConfig,
+             "image_array": ImageArrayConfig,
              "torchvision": TorchvisionConfig, "digits": DigitsConfig},
     "dequant": {"none": NoDequantConfig, "uniform": UniformDequantConfig,
                 "auto": AutoDequantConfig, "variational": VariationalDequantConfig},

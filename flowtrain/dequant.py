@@ -102,7 +102,6 @@ class UniformDequantization(Dequantizer):
         if eval_samples < 1:
             raise ConfigError(f"dequant.eval_samples must be at least 1; got {eval_samples}")
         self.levels = int(levels)
-        self.logit_alpha = float(logit_alpha)
         self.logit = Logit(logit_alpha) if logit_alpha > 0 else None
         self.eval_samples = int(eval_samples)
 

@@ -73,28 +73,32 @@ class Preprocessing(nn.Module):
 
 def negative_log_likelihood(model: FlowModel, preprocessing: Preprocessing, x: Tensor,
                             generator: torch.Generator | None = None,
-                            keep: slice | None = None) -> Tensor:
-    """-log p(x) in nats per example, in data units: -(log p_model(y) + log|dy/dx|).
-    For discrete data it is the dequantization bound, with noise from ``generator``.
+                            keep: slice | None = None, context: Tensor | None = None
+                            ) -> Tensor:
+    """-log p(x | context) in nats per example, in data units: -(log p_model(y) +
+    log|dy/dx|). For discrete data it is the dequantization bound, with noise from
+    ``generator``.
 
-    ``keep``: only x[keep] goes through the model, but the whole batch is preprocessed, so
-    under torchrun every rank draws the noise one process would draw for the global batch
-    and keeps its own slice of it."""
+    ``keep``: only x[keep] (and context[keep]) goes through the model, but the whole batch
+    is preprocessed, so under torchrun every rank draws the noise one process would draw
+    for the global batch and keeps its own slice of it."""
     y, log_det = preprocessing(x, generator=generator)
     if keep is not None:
         y, log_det = y[keep], log_det[keep]
-    return -(model.log_prob(y) + log_det)
+        context = None if context is None else context[keep]
+    return -(model.log_prob(y, context) + log_det)
 
 
 def importance_weighted_nll(model: FlowModel, preprocessing: Preprocessing, x: Tensor,
-                            n_samples: int, generator: torch.Generator | None = None
-                            ) -> tuple[Tensor, Tensor]:
+                            n_samples: int, generator: torch.Generator | None = None,
+                            context: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The importance-weighted estimate -log (1/S) sum_s P(x, u_s) / q(u_s | x) over S noise
     draws (Burda et al. 2016), and the dequantization bound averaged over the same draws.
 
     By Jensen's inequality the first never exceeds the second, and it tightens towards
     -log P(x) as S grows; with S = 1 both are ``negative_log_likelihood``."""
-    log_weights = torch.stack([-negative_log_likelihood(model, preprocessing, x, generator)
+    log_weights = torch.stack([-negative_log_likelihood(model, preprocessing, x, generator,
+                                                        context=context)
                                for _ in range(n_samples)])
     estimate = -(torch.logsumexp(log_weights, dim=0) - math.log(n_samples))
     return estimate, -log_weights.mean(dim=0)

@@ -20,6 +20,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT_S = 300  # one flowtrain run, in this process or in a subprocess
 
 # Small enough to finish in seconds, large enough to exercise every periodic action.
 TINY_RUN = ["model=mixture_cdf", "data=gmm1d", "train.steps=40", "train.batch_size=64",
@@ -39,7 +40,7 @@ def run_cli(*args: str, cwd: Path, check: bool = True, module: str = "flowtrain"
     if process or module != "flowtrain":
         result = subprocess.run(
             [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-            timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})})
+            timeout=RUN_TIMEOUT_S, env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})})
     else:
         result = _run_in_this_process(list(args), cwd, env or {})
     if check and result.returncode != 0:
@@ -51,21 +52,30 @@ def run_cli(*args: str, cwd: Path, check: bool = True, module: str = "flowtrain"
 def _run_in_this_process(args: list[str], cwd: Path, env: dict
                          ) -> subprocess.CompletedProcess:
     """``main()`` with ``sys.argv`` set, in ``cwd``; whatever a run changes in the process
-    (working folder, environment, argv, torch threads, logging handlers) is put back."""
+    (working folder, environment, argv, torch threads, logging handlers and levels, the
+    global random generators it seeds) is put back. A run that hangs ends the worker
+    after ``RUN_TIMEOUT_S`` with every thread's traceback, as the subprocess's timeout did."""
+    import faulthandler
+    import random
+
+    import numpy as np
     import torch
 
     from flowtrain.train import main
 
     saved_cwd, saved_argv, saved_env = os.getcwd(), sys.argv, dict(os.environ)
     saved_threads = torch.get_num_threads()
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
+    saved_random = random.getstate(), np.random.get_state()
+    root, flowtrain_log = logging.getLogger(), logging.getLogger("flowtrain")
+    saved_handlers, saved_levels = list(root.handlers), (root.level, flowtrain_log.level)
     stdout, stderr = io.StringIO(), io.StringIO()
     os.chdir(cwd)
     os.environ.update({"HYDRA_FULL_ERROR": "0", **env})
     sys.argv = ["flowtrain", *args]
+    faulthandler.dump_traceback_later(RUN_TIMEOUT_S, exit=True)
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with (contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr),
+              torch.random.fork_rng()):
             try:
                 main()
                 returncode = 0
@@ -76,11 +86,15 @@ def _run_in_this_process(args: list[str], cwd: Path, env: dict
                 traceback.print_exc()
                 returncode = 1
     finally:
+        faulthandler.cancel_dump_traceback_later()
         for handler in root.handlers:
             if handler not in saved_handlers:
                 handler.close()
         root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
+        root.setLevel(saved_levels[0])
+        flowtrain_log.setLevel(saved_levels[1])
+        random.setstate(saved_random[0])
+        np.random.set_state(saved_random[1])
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)

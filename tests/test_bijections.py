@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 import flowtrain.flows
-from flowtrain.dequant import Logit, VariationalDequantization
+from flowtrain.dequant import Logit, NoDequantization, VariationalDequantization
 from flowtrain.flows.actnorm import ActNorm
 from flowtrain.flows.autoregressive import AutoregressiveFlow, AutoregressiveMixtureCDF
-from flowtrain.flows.base import Bijection, Compose
+from flowtrain.flows.base import Bijection, Compose, FlowModel, StandardNormal
 from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask, checkerboard_mask
 from flowtrain.flows.glow import Glow
 from flowtrain.flows.invconv import InvertibleConv1x1
@@ -29,7 +29,7 @@ from flowtrain.flows.multiscale import LearnedPrior, OnKeptHalf, SplitPrior
 from flowtrain.flows.pixelcnn import PixelCNNFlow, PixelCNNMixtureCDF
 from flowtrain.flows.realnvp import RealNVP
 from flowtrain.flows.reshape import Squeeze, Unsqueeze
-from flowtrain.likelihood import Identity, Standardize
+from flowtrain.likelihood import Identity, Preprocessing, Standardize, negative_log_likelihood
 
 Sampler = Callable[[nn.Module, int, torch.Generator], Tensor]
 LEVELS = 17  # of the data the variational dequantizer's noise is conditioned on
@@ -198,6 +198,13 @@ CASES = {
     "pixelcnn_mixture_cdf-plain": Case(
         lambda: PixelCNNMixtureCDF(2, 2, "gaussian", n_filters=4, n_blocks=1, network="plain"),
         cdf_samples(2, 2, 3)),
+    # a conditional model: the context reaches its couplings through FlowModel
+    "flow_model-conditional": Case(
+        lambda: FlowModel([coupling(checkerboard_mask, (1, 4, 4), 2),
+                           coupling(checkerboard_mask, (1, 4, 4)),
+                           coupling(channel_mask, (1, 4, 4), 2)],
+                          StandardNormal((1, 4, 4))),
+        normal(1, 4, 4), context=normal(2, 4, 4)),
     # every model, on samples of its own density
     **{name: Case(build, model_samples) for name, build in MODELS.items()},
 }
@@ -319,3 +326,20 @@ def test_every_bijection_in_flowtrain_is_in_the_list():
                      for cls in _bijections_in_flowtrain() - listed)
     assert not missing, f"add an entry to CASES in tests/test_bijections.py for {missing}"
 
+
+
+def test_a_conditional_model_scores_and_samples_given_its_context():
+    """log_prob(x, context), sample(n, context=...) and the loss all pass the context on:
+    a class-conditional flow needs no second interface."""
+    flow = build("flow_model-conditional")
+    context = normal(2, 4, 4)(flow, 8, torch.Generator().manual_seed(4))
+    x = flow.sample(8, context=context, generator=torch.Generator().manual_seed(5))
+    z, log_det = flow(x, context)
+    drawn = flow.base.sample(8, like=x, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(z, drawn, atol=1e-6)  # sample inverted under the same context
+    log_prob = flow.log_prob(x, context)
+    assert torch.allclose(log_prob, flow.base.log_prob(z) + log_det)
+    assert not torch.allclose(log_prob, flow.log_prob(x, context.flip(0)))
+    preprocessing = Preprocessing(NoDequantization(), Identity()).double()
+    assert torch.allclose(negative_log_likelihood(flow, preprocessing, x, context=context),
+                          -log_prob)

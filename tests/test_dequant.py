@@ -40,7 +40,7 @@ class LogitOfUniform(nn.Module):
         super().__init__()
         self.alpha = alpha
 
-    def log_prob(self, y: Tensor) -> Tensor:
+    def log_prob(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         per_element = (torch.nn.functional.logsigmoid(y) + torch.nn.functional.logsigmoid(-y)
                        - math.log(1 - 2 * self.alpha))
         return per_element.flatten(1).sum(dim=1)

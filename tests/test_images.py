@@ -137,11 +137,11 @@ def test_array_images_train_with_their_levels(tmp_path):
 
 
 def test_channels_last_image_arrays_are_recognized(tmp_path):
-    from flowtrain.data.array import ArrayData
+    from flowtrain.data.array import ImageArrayData
 
     np.savez(tmp_path / "hwc.npz", train=np.zeros((4, 16, 16, 3), np.uint8),
              test=np.zeros((2, 16, 16, 3), np.uint8))
-    assert ArrayData(str(tmp_path / "hwc.npz"), images=True).event_shape == (3, 16, 16)
+    assert ImageArrayData(str(tmp_path / "hwc.npz")).event_shape == (3, 16, 16)
 
 
 def test_levels_only_for_image_arrays(tmp_path):
@@ -155,7 +155,7 @@ def test_levels_only_for_image_arrays(tmp_path):
 def test_an_array_of_the_other_kind_names_the_option_to_use(tmp_path):
     """data=array trains with the point settings and data=image_array with the image ones,
     so a file of the other kind is refused at load time, naming the option that fits."""
-    from flowtrain.data.array import ArrayData
+    from flowtrain.data.array import ArrayData, ImageArrayData
 
     np.savez(tmp_path / "images.npz", train=np.zeros((4, 8, 8), np.uint8),
              test=np.zeros((2, 8, 8), np.uint8))
@@ -163,7 +163,7 @@ def test_an_array_of_the_other_kind_names_the_option_to_use(tmp_path):
     with pytest.raises(DataError, match=r"holds images .*use data=image_array"):
         ArrayData(str(tmp_path / "images.npz"))
     with pytest.raises(DataError, match=r"holds points .*use data=array"):
-        ArrayData(str(tmp_path / "points.npz"), images=True)
+        ImageArrayData(str(tmp_path / "points.npz"))
 
 
 def test_resumed_image_run_matches_an_uninterrupted_one(tmp_path):

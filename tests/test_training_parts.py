@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from flowtrain.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from flowtrain.training.logger import RunLogger
 from flowtrain.training.optim import lr_factor
 from flowtrain.training.runtime import rng_state, set_rng_state
 
@@ -177,10 +179,6 @@ def test_a_resumed_runs_event_file_sorts_after_the_killed_runs(tmp_path):
     """TensorBoard reads event files in name order (the second they were made, then the
     pid): a run resumed within the second its predecessor started must still come after
     it, or its purge would hide the earlier curves."""
-    import time
-
-    from flowtrain.training.logger import RunLogger
-
     (tmp_path / "tb").mkdir()
     killed = tmp_path / "tb" / f"events.out.tfevents.{int(time.time())}.host.999999999.0"
     killed.touch()

@@ -52,7 +52,7 @@ def _check(file: Path, split: str, values: np.ndarray, levels: int | None) -> No
 
 
 class ArrayData(FlowData):
-    """``data=array data.path=FILE.npz`` (points) or ``data=image_array`` (``images``)."""
+    """``data=array data.path=FILE.npz``: points; with ``images``, ``ImageArrayData``."""
 
     def __init__(self, path: str, standardize: bool = True, levels: int | None = None,
                  images: bool = False):
@@ -70,8 +70,6 @@ class ArrayData(FlowData):
         if levels is not None and levels < 2:
             raise DataError(f"data.levels must be at least 2; got {levels}")
         image_levels = 256 if levels is None else levels
-        for split in ("train", "test"):
-            _check(file, split, found[split], image_levels)
         if holds_images != images:
             kind = "images" if holds_images else "points"
             option, settings = (("image_array", "image") if holds_images
@@ -79,6 +77,8 @@ class ArrayData(FlowData):
             raise DataError(f"{file} holds {kind} (train shape {found['train'].shape}): use "
                             f"data={option}, which trains with the {settings} settings "
                             f"(train={settings}s).")
+        for split in ("train", "test"):
+            _check(file, split, found[split], image_levels)
         if levels is not None and not images:
             raise DataError(f"{file}: data.levels is for images; these are points "
                             f"(shape {found['train'].shape}). Leave data.levels=null.")
@@ -95,3 +95,10 @@ class ArrayData(FlowData):
         super().__init__(splits["train"], splits["test"], name=file.name,
                          levels=image_levels if images else levels,
                          standardize=standardize and not images)
+
+
+class ImageArrayData(ArrayData):
+    """``data=image_array data.path=FILE.npz``: integer images with ``levels`` values."""
+
+    def __init__(self, path: str, levels: int = 256):
+        super().__init__(path, standardize=False, levels=levels, images=True)

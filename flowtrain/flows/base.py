@@ -61,8 +61,8 @@ class Compose(Bijection):
     def __len__(self) -> int:
         return len(self._modules)
 
-    def __getitem__(self, index: int) -> Bijection:
-        return list(self._modules.values())[index]
+    def __getitem__(self, index: int | slice) -> Bijection | list[Bijection]:
+        return list(self)[index]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_det = x.new_zeros(x.shape[0])

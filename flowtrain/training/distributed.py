@@ -141,8 +141,8 @@ class _LogProb(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model.log_prob(x)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.model.log_prob(x, context)
 
 
 class DataParallelFlow:
@@ -152,5 +152,5 @@ class DataParallelFlow:
         device_ids = [device.index] if device.type == "cuda" else None
         self.wrapped = DistributedDataParallel(_LogProb(model), device_ids=device_ids)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self.wrapped(x)
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.wrapped(x, context)

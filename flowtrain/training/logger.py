@@ -29,10 +29,11 @@ def flat_hyperparameters(config: dict[str, Any], prefix: str = "") -> dict[str, 
 
 
 def _wait_to_sort_after_existing_event_files(log_dir: Path) -> None:
-    """TensorBoard reads a run's event files in name order, and a name starts with the
-    second it was made in, then the process id. A run resumed within the second its
-    killed predecessor started could sort first, and its purge would then hide the
-    earlier curves: wait (at most a second) until the new file sorts after them."""
+    """TensorBoard reads a run's event files in name order (its directory watcher sorts
+    them), and a name starts with the second it was made in, then the process id. A run
+    resumed within the second its killed predecessor started could sort first, and its
+    purge would then hide the earlier curves: wait (at most a second) until the new file
+    sorts after them."""
     made = [int(path.name.split(".")[3]) for path in log_dir.glob("events.out.tfevents.*")
             if path.name.split(".")[3].isdigit()]
     if made:

@@ -94,6 +94,7 @@ class Trainer:
         if cfg.compile:
             # In place, so the state dict keeps its keys and checkpoints stay interchangeable.
             state.model.compile()
+        self.eager_pass_due = cfg.compile
         # What a training step calls log_prob on: the model, or the model inside DDP.
         self.trained = (DataParallelFlow(state.model, device) if self.ranks.distributed
                         else state.model)
@@ -144,6 +145,8 @@ class Trainer:
         """One step; its gradient norm. A non-finite loss or gradient norm skips the update
         (the schedule still advances, so the learning rate stays a function of the step)."""
         state = self.state
+        if self.eager_pass_due:
+            self.initialize_eagerly(batch)
         with autocast(self.device, self.cfg.precision):
             nll = negative_log_likelihood(self.trained, state.preprocessing, batch,
                                           keep=self.batch_slice).mean()
@@ -169,6 +172,20 @@ class Trainer:
         state.step += 1
         return grad_norm.detach()
 
+    def initialize_eagerly(self, batch: torch.Tensor) -> None:
+        """Before a compiled model's first step: one training-mode forward pass outside the
+        graph, on this step's own dequantization noise (the random state is put back), so
+        that data-dependent initializations such as ActNorm's happen here. The graph traced
+        next then holds no branch on them: a branch on a tensor value breaks the graph,
+        and a break inside the loop over the transforms left every transform compiled on
+        its own, with a recompile per shape."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with (torch.random.fork_rng(devices=devices), torch.no_grad(),
+              autocast(self.device, self.cfg.precision)):
+            y, _ = self.state.preprocessing(batch)
+            self.state.model.forward(y[self.batch_slice])  # forward: not the compiled call
+        self.eager_pass_due = False
+
     def count_nonfinite(self, nll: float, grad_norm: float) -> None:
         count = self.state.nonfinite
         count.total += 1
@@ -188,6 +205,8 @@ class Trainer:
         return self.state.step % every == 0 or self.state.step == self.cfg.steps
 
     def run(self) -> dict[str, Any]:
+        """Train to ``train.steps`` (or a stop request), then measure the test split and
+        write metrics.json; returns the metrics (empty on ranks other than 0)."""
         cfg, state = self.cfg, self.state
         main = self.ranks.is_main  # rank 0 alone writes; the other ranks only train
         if main:
@@ -198,12 +217,31 @@ class Trainer:
             log.warning("the run is already at step %d of train.steps=%d; nothing to train. "
                         "Raise train.steps to continue it.", state.step, cfg.steps)
         first_step, started, clock = state.step, time.perf_counter(), TrainingClock()
+        with RunLogger(self.run_dir, purge_step=state.step + 1 if state.step else None,
+                       enabled=main) as logger:
+            stopped_by = self.train(logger, clock)
+            if not main:
+                self.ranks.wait_for_all()  # until rank 0 has written the run's results
+                return {}
+            metrics = self.final_metrics(first_step, clock.total_seconds,
+                                         time.perf_counter() - started)
+            metrics["stopped_by"] = stopped_by
+            if "test_bpd_iw" in metrics:
+                logger.scalars({"test/bpd_iw": metrics["test_bpd_iw"]}, state.step)
+            self.log_hyperparameters(logger, metrics)
+        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        self.ranks.wait_for_all()
+        return metrics
+
+    def train(self, logger: RunLogger, clock: TrainingClock) -> str | None:
+        """The steps, each followed by the periodic work that is due. Ctrl-C or SIGTERM
+        (on any rank) ends it at a step boundary with a checkpoint; returns what stopped
+        it, None when it reached ``train.steps``."""
+        cfg, state = self.cfg, self.state
         stopped_by = None
-        with (RunLogger(self.run_dir, purge_step=state.step + 1 if state.step else None,
-                        enabled=main) as logger,
-              tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step",
-                   disable=None if main else True, dynamic_ncols=True) as progress,
-              logging_redirect_tqdm(), StopRequest() as stop):
+        with (tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step",
+                   disable=None if self.ranks.is_main else True, dynamic_ncols=True)
+              as progress, logging_redirect_tqdm(), StopRequest() as stop):
             while state.step < cfg.steps and stopped_by is None:
                 step_start = time.perf_counter()
                 grad_norm = self.train_step(state.batches.next().to(self.device,
@@ -228,18 +266,7 @@ class Trainer:
                 self.save("last.pt")
                 log.warning("%s at step %d: saved checkpoints/last.pt. Continue with: %s",
                             stopped_by, state.step, self.resume_command)
-            if not main:
-                self.ranks.wait_for_all()  # until rank 0 has written the run's results
-                return {}
-            metrics = self.final_metrics(first_step, clock.total_seconds,
-                                         time.perf_counter() - started)
-            metrics["stopped_by"] = stopped_by
-            if "test_bpd_iw" in metrics:
-                logger.scalars({"test/bpd_iw": metrics["test_bpd_iw"]}, state.step)
-            self.log_hyperparameters(logger, metrics)
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        self.ranks.wait_for_all()
-        return metrics
+        return stopped_by
 
     def log_training(self, logger: RunLogger, progress: tqdm, grad_norm: torch.Tensor,
                      clock: TrainingClock) -> None:
