@@ -38,5 +38,7 @@ def test_non_editable_install_runs_from_another_folder(tmp_path):
     searchpath = flowtrain("--info", "searchpath").stdout
     assert f"file://{site / 'flowtrain' / 'conf'}" in searchpath
     assert str(REPO / "conf") not in searchpath
+    # --help in a real process of the console script (its content: test_cli.py)
+    assert "train: images, points, small_images" in flowtrain("--help").stdout
     flowtrain(*TINY_RUN, "hydra.run.dir=run")
     assert read_metrics(elsewhere / "run")["steps"] == 40
