@@ -103,12 +103,11 @@ class Trainer:
 
     # --- measuring -------------------------------------------------------------------
 
-    def evaluate(self, points: torch.Tensor, n_samples: int = 1) -> float:
-        """Mean NLL (nats per example) over ``points``, as ``task=eval`` measures it (the
-        dequantization bound, or the importance-weighted estimate over ``n_samples``)."""
+    def evaluate(self, points: torch.Tensor) -> float:
+        """Mean NLL (nats per example) over ``points``, as ``task=eval`` measures it."""
         return mean_nll(self.state.model, self.state.preprocessing, points,
                         batch_size=self.cfg.eval_batch_size, device=self.device,
-                        seed=self.seed, n_samples=n_samples)
+                        seed=self.seed)
 
     @torch.no_grad()
     def draw_samples(self, n: int) -> torch.Tensor:
