@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -48,10 +49,11 @@ def build_flow(cfg: DictConfig, data: FlowData, device: torch.device
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
-                  ranks: Ranks | None = None, choices: dict[str, str] | None = None
-                  ) -> Trainer:
+                  ranks: Ranks | None = None, choices: dict[str, str] | None = None,
+                  hyperparameters: dict[str, Any] | None = None) -> Trainer:
     """``choices``: the option picked in each config group (Hydra's runtime choices),
-    saved in the checkpoints so that ``task=eval`` composes against the same options."""
+    saved in the checkpoints so that ``task=eval`` composes against the same options.
+    ``hyperparameters``: what identifies the run in TensorBoard's HParams tab."""
     ranks = ranks or Ranks()
     # The same seed on every rank: identical initial weights and one global batch order.
     seed_everything(cfg.seed)
@@ -85,7 +87,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
         restore(state, saved, checkpoint)
         log.info("resumed from %s at step %d", checkpoint, state.step)
     return Trainer(state, data, cfg.train, run_dir, device, seed=cfg.seed,
-                   resume_command=resume_command, ranks=ranks)
+                   resume_command=resume_command, ranks=ranks,
+                   hyperparameters=hyperparameters)
 
 
 def restore(state: TrainingState, saved: dict, path: Path) -> None:

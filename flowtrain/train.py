@@ -19,6 +19,7 @@ from omegaconf.errors import MissingMandatoryValue
 from flowtrain.checkpoint_config import RECORDED_GROUPS, with_checkpoint_choices
 from flowtrain.config import Task, config_dir, register_configs
 from flowtrain.errors import ConfigError, user_error_in
+from flowtrain.sweeps import SWEEP_OBJECTIVE, run_identity
 
 log = logging.getLogger("flowtrain")
 
@@ -102,11 +103,11 @@ def train(cfg: DictConfig) -> float:
     if not ranks.is_main:  # rank 0 speaks for the run; the others only warn
         logging.getLogger("flowtrain").setLevel(logging.WARNING)
     try:
-        choices = {group: hydra_config.runtime.choices.get(group)
-                   for group in RECORDED_GROUPS}
-        trainer = build_trainer(cfg, run_dir,
-                                resume_command(hydra_config.overrides.task, run_dir), ranks,
-                                choices)
+        choices = dict(hydra_config.runtime.choices)
+        overrides = list(hydra_config.overrides.task)
+        trainer = build_trainer(cfg, run_dir, resume_command(overrides, run_dir), ranks,
+                                {group: choices.get(group) for group in RECORDED_GROUPS},
+                                hyperparameters=run_identity(cfg, choices, overrides))
         log.info("run folder: %s%s", run_dir,
                  f" ({ranks.world_size} processes)" if ranks.distributed else "")
         metrics = trainer.run()
@@ -118,7 +119,7 @@ def train(cfg: DictConfig) -> float:
     log.info("test: %.4f bits/dim (%.4f nats per example; best %.4f bits/dim) after %d steps; "
              "metrics.json, checkpoints/ and tb/ are in %s", metrics["test_bpd"],
              metrics["test_nll"], metrics["best_test_bpd"], metrics["steps"], run_dir)
-    return metrics["test_bpd"]
+    return metrics[SWEEP_OBJECTIVE]
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ def test_sweep_runs_every_combination(tmp_path, tiny_run):
             cwd=tmp_path)
     runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
     assert len(runs) == 2
+    assert (tmp_path / "sweep" / "summary.csv").read_text().count("\n") == 3
 
 
 def test_help_lists_groups_and_options(tmp_path):

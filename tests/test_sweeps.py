@@ -3,6 +3,7 @@ and each run's hyperparameters and results in its own TensorBoard run."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -59,9 +60,20 @@ def test_parallel_sweep_names_folders_by_overrides_and_logs_hparams(tmp_path):
         assert hyperparameters["model.family"] == family
         assert hyperparameters["optim.lr"] == float(lr)
         assert hyperparameters["train.steps"] == 40
+        # what identifies a run, not every constant of the config
+        assert hyperparameters["model"] == "mixture_cdf" and hyperparameters["train"] == "points"
+        left_out = {"ckpt", "data._target_", "data.means", "seed", "resume"}
+        assert not left_out & hyperparameters.keys()
         assert {"hparams/test_bpd", "hparams/best_test_bpd"} <= metrics
         # in the run's own folder, so the HParams tab links it to the run's curves
         assert not [path for path in (run_dir / "tb").iterdir() if path.is_dir()]
+    # the sweep ends with its table, best first, beside multirun.yaml
+    summary = json.loads((sweep / "summary.json").read_text())
+    results = [read_metrics(sweep / row["folder"])["test_bpd"] for row in summary]
+    assert len(summary) == 4 and results == sorted(results)
+    assert [row["test_bpd"] for row in summary] == results
+    assert (sweep / "summary.csv").read_text().count("\n") == 5
+    assert "sweep of 4 jobs, best test_bpd first" in result.stdout
 
 
 def test_sweep_folder_names_hold_no_path_separators():

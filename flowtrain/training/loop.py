@@ -73,8 +73,9 @@ class Trainer:
 
     def __init__(self, state: TrainingState, data: FlowData, cfg: TrainConfig,
                  run_dir: Path, device: torch.device, seed: int, resume_command: str = "",
-                 ranks: Ranks | None = None):
+                 ranks: Ranks | None = None, hyperparameters: dict[str, Any] | None = None):
         check_train_config(cfg)
+        self.hyperparameters = dict(hyperparameters or {})
         self.ranks = ranks or Ranks()
         self.batch_slice = self.ranks.batch_slice(cfg.batch_size)
         self.resume_command = resume_command or (
@@ -284,13 +285,12 @@ class Trainer:
         logger.scalars(scalars, state.step)
 
     def log_hyperparameters(self, logger: RunLogger, metrics: dict[str, Any]) -> None:
-        """The config and final numbers, for comparing a sweep in TensorBoard's HParams tab."""
-        config = {key: value for key, value in self.state.extra.get("config", {}).items()
-                  if key != "resume"}
+        """What identifies the run and its final numbers, for comparing a sweep in
+        TensorBoard's HParams tab."""
         results = {f"hparams/{key}": metrics[key] for key in
                    ("test_bpd", "best_test_bpd", "train_bpd", "test_nll", "test_bpd_iw")
                    if isinstance(metrics.get(key), float)}
-        logger.hyperparameters(config, results, self.state.step)
+        logger.hyperparameters(self.hyperparameters, results, self.state.step)
 
     def evaluate_and_keep_best(self, logger: RunLogger) -> None:
         if not self.ranks.is_main:

@@ -1,0 +1,115 @@
+"""Comparing the runs of a sweep: what identifies a run (its TensorBoard hyperparameters),
+and the table a sweep ends with, one row per job (its overrides and results), best first,
+printed and written beside Hydra's multirun.yaml as summary.csv and summary.json.
+
+The table is a Hydra callback (``hydra.callbacks`` in conf/config.yaml), so it runs for
+every launcher (basic, joblib, SLURM) in the process that started the sweep. Callbacks do
+not get the jobs' return values: each job's metrics.json is read instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# What flowtrain returns to a sweeper, so what "best" means here too.
+SWEEP_OBJECTIVE = "test_bpd"
+# The results a row shows, when the job's metrics.json has them.
+RESULT_COLUMNS = (SWEEP_OBJECTIVE, "best_test_bpd", "test_nll", "train_bpd", "steps", "wall_s")
+
+
+# The groups whose option names a run, and the keys besides the job's own overrides that
+# tell runs apart; what is left out (paths, data constants, where it ran) only crowds the
+# HParams table.
+IDENTIFYING_GROUPS = ("model", "data", "dequant", "optim", "train", "experiment")
+IDENTIFYING_KEYS = ("optim.lr", "train.batch_size", "train.steps")
+NOT_IDENTIFYING = ("hydra.", "resume", "device", "threads", "ckpt", "task")
+
+
+def run_identity(cfg: DictConfig, choices: dict[str, str | None],
+                 overrides: list[str]) -> dict[str, Any]:
+    """{"model": "realnvp", "optim.lr": 0.001, ...}: the option of each group, the
+    identifying keys and every key the job's command line set (``overrides``, as Hydra
+    records them), with their resolved values."""
+    identity: dict[str, Any] = {group: choices[group] for group in IDENTIFYING_GROUPS
+                                if choices.get(group) is not None}
+    keys = [*IDENTIFYING_KEYS,
+            *(override.split("=", 1)[0].lstrip("+~") for override in overrides)]
+    for key in keys:
+        if key in identity or key.startswith(NOT_IDENTIFYING):
+            continue
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, ListConfig):
+            value = OmegaConf.to_container(value)
+        if not isinstance(value, DictConfig):
+            identity[key] = value
+    return identity
+
+
+def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder under ``sweep_dir``: job number, overrides, results; a job
+    that left no metrics.json (it failed, or is still running) has empty results."""
+    rows = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        config = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml")
+        metrics_file = job_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        rows.append({"job": config.hydra.job.num,
+                     "overrides": list(OmegaConf.load(overrides_file)),
+                     **{key: metrics.get(key) for key in RESULT_COLUMNS},
+                     "folder": job_dir.name})
+    return sorted(rows, key=_objective_then_job)
+
+
+def _objective_then_job(row: dict[str, Any]) -> tuple[float, int]:
+    value = row[SWEEP_OBJECTIVE]
+    return (value if isinstance(value, float) and math.isfinite(value) else math.inf,
+            row["job"])
+
+
+def as_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as aligned text, numbers to 4 decimals; the overrides every job shares are
+    said once above the table, so its last column shows only what the sweep varied."""
+    shared = set.intersection(*(set(row["overrides"]) for row in rows))
+    columns = ["job", *RESULT_COLUMNS, "swept"]
+    cells = [[_cell(row[column]) for column in columns[:-1]]
+             + [" ".join(item for item in row["overrides"] if item not in shared)]
+             for row in rows]
+    widths = [max(len(text) for text in [column, *(line[index] for line in cells)])
+              for index, column in enumerate(columns)]
+    lines = [[column.ljust(width) for column, width in zip(columns, widths, strict=True)]]
+    lines += [[text.ljust(width) for text, width in zip(line, widths, strict=True)]
+              for line in cells]
+    table = "\n".join("  ".join(line).rstrip() for line in lines)
+    return f"every job: {' '.join(sorted(shared)) or '-'}\n{table}"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+class SweepSummary(Callback):
+    """Writes SWEEP_DIR/summary.csv and summary.json and logs the table, best first."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = job_rows(sweep_dir)
+        if not rows:
+            return
+        (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+        with open(sweep_dir / "summary.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({**row, "overrides": " ".join(row["overrides"])} for row in rows)
+        # print, not log: the root logger still writes into the last job's flowtrain.log
+        print(f"sweep of {len(rows)} jobs, best {SWEEP_OBJECTIVE} first (summary.csv and "
+              f"summary.json in {sweep_dir}):\n{as_table(rows)}", flush=True)
