@@ -18,6 +18,7 @@ from flowtrain.data.base import FlowData
 from flowtrain.errors import CheckpointError
 from flowtrain.flows.base import FlowModel
 from flowtrain.likelihood import Preprocessing
+from flowtrain.training.average import WeightAverage
 from flowtrain.training.batches import BatchStream
 from flowtrain.training.checkpoint import check_state_dict_matches, load_checkpoint
 from flowtrain.training.distributed import Ranks
@@ -80,12 +81,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
         scheduler=build_scheduler(cfg.optim, optimizer, cfg.train.steps),
         batches=BatchStream(data.train, cfg.train.batch_size, seed=cfg.seed),
         device=device,
+        # Copied before the trainer compiles the model, and before any checkpoint is loaded.
+        average=(WeightAverage({"model": model, "preprocessing": preprocessing},
+                               cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None),
         extra={"config": config, "choices": dict(choices or {}),
                "data_shape": {"event_shape": list(data.event_shape), "levels": data.levels}},
     )
     if saved is not None:
         restore(state, saved, checkpoint)
         log.info("resumed from %s at step %d", checkpoint, state.step)
+        if state.average is not None and "average" not in saved:
+            log.warning("%s holds no weight average (train.ema_decay was 0); the average "
+                        "starts from the resumed weights", checkpoint)
     return Trainer(state, data, cfg.train, run_dir, device, seed=cfg.seed,
                    resume_command=resume_command, ranks=ranks,
                    hyperparameters=hyperparameters)
@@ -131,12 +138,14 @@ def build_from_checkpoint(cfg: DictConfig, saved: dict, path: Path, device: torc
     check_data_fits(saved, data, path)
     # Standardization statistics fitted here are replaced by the saved ones just below.
     model, preprocessing = build_flow(cfg, data, device)
+    # A run that kept a weight average is evaluated and sampled with it, as it was.
+    weights = saved["average"] if isinstance(saved.get("average"), dict) else saved
     for module, what in ((model, "model"), (preprocessing, "preprocessing")):
-        if not isinstance(saved.get(what), dict):
+        if not isinstance(weights.get(what), dict):
             raise CheckpointError(f"{path} holds no {what} weights.")
-        check_state_dict_matches(module, saved[what], what, path, fix=_FIX_FOR_EVAL)
+        check_state_dict_matches(module, weights[what], what, path, fix=_FIX_FOR_EVAL)
         try:
-            module.load_state_dict(saved[what])
+            module.load_state_dict(weights[what])
         except (KeyError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{path}: the {what} weights could not be loaded: "
                                   f"{error}") from error

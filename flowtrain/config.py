@@ -245,6 +245,9 @@ class TrainConfig:
     max_nonfinite: int = 20
     precision: Precision = Precision.fp32
     compile: bool = False  # torch.compile the model's forward (the first steps compile it)
+    # > 0: keep an exponential moving average of the weights (model and learned
+    # dequantizer) with this decay; evaluation, best.pt and task=eval|sample use it
+    ema_decay: float = 0.0
 
 
 @dataclass

@@ -186,3 +186,25 @@ def test_a_resumed_runs_event_file_sorts_after_the_killed_runs(tmp_path):
         pass
     names = sorted(path.name for path in (tmp_path / "tb").iterdir())
     assert names[0] == killed.name and len(names) == 2
+
+
+def test_the_weight_average_starts_at_the_first_step_and_skips_nonfinite_ones(tmp_path):
+    """train.ema_decay: the first update copies the weights (a data-dependent init lands
+    in the average too), later ones move it by 1 - decay, skipped steps leave it alone."""
+    trainer = _trainer(tmp_path, "train.ema_decay=0.75")
+    state = trainer.state
+    averaged, _ = state.evaluated
+    assert averaged is not state.model
+    trainer.train_step(state.batches.next().to(trainer.device))
+    first = {name: value.clone() for name, value in state.model.state_dict().items()}
+    assert all(torch.equal(averaged.state_dict()[name], value) for name, value in first.items())
+    trainer.train_step(state.batches.next().to(trainer.device))
+    for name, parameter in state.model.named_parameters():
+        expected = 0.75 * first[name] + 0.25 * parameter.detach()
+        assert torch.allclose(averaged.state_dict()[name], expected), name
+    before = {name: value.clone() for name, value in averaged.state_dict().items()}
+    poisoned = state.batches.next().to(trainer.device).clone()
+    poisoned[0] = float("nan")
+    trainer.train_step(poisoned)
+    assert state.average.updates == 2
+    assert all(torch.equal(averaged.state_dict()[name], value) for name, value in before.items())

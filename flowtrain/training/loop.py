@@ -63,6 +63,9 @@ def check_train_config(cfg: TrainConfig) -> None:
     if cfg.sample_temperature <= 0:
         raise ConfigError(f"train.sample_temperature must be positive; got "
                           f"{cfg.sample_temperature}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1) (0: no average); got "
+                          f"{cfg.ema_decay}")
     if cfg.steps < 0 or cfg.grad_clip < 0:
         raise ConfigError("train.steps and train.grad_clip must not be negative "
                           "(train.grad_clip=0 turns clipping off)")
@@ -106,7 +109,7 @@ class Trainer:
 
     def evaluate(self, points: torch.Tensor) -> float:
         """Mean NLL (nats per example) over ``points``, as ``task=eval`` measures it."""
-        return mean_nll(self.state.model, self.state.preprocessing, points,
+        return mean_nll(*self.state.evaluated, points,
                         batch_size=self.cfg.eval_batch_size, device=self.device,
                         seed=self.seed)
 
@@ -116,10 +119,11 @@ class Trainer:
         own so that drawing them does not move the training RNG (a resumed run must see the
         same random numbers)."""
         generator = torch.Generator(self.device).manual_seed(self.seed + self.state.step)
-        with evaluation_mode(self.state.model, self.state.preprocessing):
-            samples = self.state.model.sample(n, temperature=self.cfg.sample_temperature,
-                                              generator=generator)
-        return self.state.preprocessing.restore(samples)
+        model, preprocessing = self.state.evaluated
+        with evaluation_mode(model, preprocessing):
+            samples = model.sample(n, temperature=self.cfg.sample_temperature,
+                                   generator=generator)
+        return preprocessing.restore(samples)
 
     # --- writing ---------------------------------------------------------------------
 
@@ -135,8 +139,8 @@ class Trainer:
     def log_figures(self, logger: RunLogger) -> None:
         if not self.ranks.is_main:
             return
-        figures = figures_for(self.state.model, self.state.preprocessing, self.data,
-                              self.draw_samples, self.cfg.n_samples)
+        figures = figures_for(*self.state.evaluated, self.data, self.draw_samples,
+                              self.cfg.n_samples)
         logger.figures(figures, self.state.step)
 
     # --- the loop ----------------------------------------------------------------------
@@ -160,6 +164,7 @@ class Trainer:
         # One host sync per step: skipping must be decided before the optimizer moves.
         if bool(torch.isfinite(nll) & torch.isfinite(grad_norm)):
             state.optimizer.step()
+            state.update_average()
             state.window.add(nll)
             state.nonfinite.in_a_row = 0
             state.scheduler.step()
@@ -309,7 +314,7 @@ class Trainer:
                       ) -> dict[str, Any]:
         known = self.last_test_nll  # already measured at this step: not measured again
         test = evaluate_test_split(
-            self.state.model, self.state.preprocessing, self.data,
+            *self.state.evaluated, self.data,
             batch_size=self.cfg.eval_batch_size, device=self.device, seed=self.seed,
             test_nll=known[1] if known is not None and known[0] == self.state.step else None)
         steps_run = self.state.step - first_step

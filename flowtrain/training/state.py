@@ -10,6 +10,7 @@ import torch
 
 from flowtrain.flows.base import FlowModel
 from flowtrain.likelihood import Preprocessing
+from flowtrain.training.average import WeightAverage
 from flowtrain.training.batches import BatchStream
 from flowtrain.training.runtime import rng_state, set_rng_state
 
@@ -58,7 +59,20 @@ class TrainingState:
     best_test_bpd: float = math.inf
     window: LossWindow = field(default_factory=LossWindow)
     nonfinite: NonFiniteCount = field(default_factory=NonFiniteCount)
+    average: WeightAverage | None = None  # train.ema_decay > 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def evaluated(self) -> tuple[FlowModel, Preprocessing]:
+        """What evaluation, pictures and best.pt selection use: the averaged weights when
+        the run keeps an average, else the trained ones."""
+        if self.average is None:
+            return self.model, self.preprocessing
+        return self.average.averaged["model"], self.average.averaged["preprocessing"]
+
+    def update_average(self) -> None:
+        if self.average is not None:
+            self.average.update({"model": self.model, "preprocessing": self.preprocessing})
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +86,7 @@ class TrainingState:
             "rng": rng_state(self.device),
             "window": {"nll_sum": self.window.nll_sum.cpu(), "steps": self.window.steps},
             "nonfinite": {"total": self.nonfinite.total, "in_a_row": self.nonfinite.in_a_row},
+            **({"average": self.average.state_dict()} if self.average is not None else {}),
             **self.extra,
         }
 
@@ -88,3 +103,5 @@ class TrainingState:
                                  int(state["window"]["steps"]))
         self.nonfinite = NonFiniteCount(int(state["nonfinite"]["total"]),
                                         int(state["nonfinite"]["in_a_row"]))
+        if self.average is not None and "average" in state:
+            self.average.load_state_dict(state["average"])
