@@ -6,6 +6,11 @@ standardization) are copied. The first update copies the weights outright, so th
 starts from the model after its first step, ActNorm's data-dependent initialization
 included. Evaluation, pictures, ``best.pt`` selection and ``task=eval|sample`` use the
 averaged weights when there are any.
+
+Not ``torch.optim.swa_utils.AveragedModel``: it keeps its count in a tensor and reads it
+on every update (``bool(self.n_averaged == 0)``, a host sync per step on a GPU), and it
+either averages buffers or leaves them as they were when it was made, where ActNorm's
+flag and statistics must be copied.
 """
 
 from __future__ import annotations
