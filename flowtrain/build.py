@@ -20,7 +20,11 @@ from flowtrain.flows.base import FlowModel
 from flowtrain.likelihood import Preprocessing
 from flowtrain.training.average import WeightAverage
 from flowtrain.training.batches import BatchStream
-from flowtrain.training.checkpoint import check_state_dict_matches, load_checkpoint
+from flowtrain.training.checkpoint import (
+    check_state_dict_matches,
+    evaluated_weights,
+    load_checkpoint,
+)
 from flowtrain.training.distributed import Ranks
 from flowtrain.training.loop import Trainer
 from flowtrain.training.optim import build_optimizer, build_scheduler
@@ -138,8 +142,7 @@ def build_from_checkpoint(cfg: DictConfig, saved: dict, path: Path, device: torc
     check_data_fits(saved, data, path)
     # Standardization statistics fitted here are replaced by the saved ones just below.
     model, preprocessing = build_flow(cfg, data, device)
-    # A run that kept a weight average is evaluated and sampled with it, as it was.
-    weights = saved["average"] if isinstance(saved.get("average"), dict) else saved
+    weights = evaluated_weights(saved)
     for module, what in ((model, "model"), (preprocessing, "preprocessing")):
         if not isinstance(weights.get(what), dict):
             raise CheckpointError(f"{path} holds no {what} weights.")

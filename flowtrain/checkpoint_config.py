@@ -39,7 +39,7 @@ _WHERE_NOT_WHAT = {"data.root", "data.download"}
 # how to evaluate, which it may; and what belongs to this process, never to the checkpoint.
 _FIXED = ("model", "dequant")
 _HOW_TO_EVALUATE = {"dequant.eval_samples", "train.eval_batch_size", "seed"}
-_OF_THIS_PROCESS = ("task", "ckpt", "sample", "device", "threads")
+_OF_THIS_PROCESS = ("task", "ckpt", "sample", "eval", "device", "threads")
 
 
 def with_checkpoint_choices(argv: list[str]) -> list[str]:
@@ -160,7 +160,7 @@ def checkpoint_config(saved: dict[str, Any], cfg: DictConfig, typed: list[str],
             f"{path} was trained with other settings than the command line gives: {listed}. "
             f"task={cfg.task.value} rebuilds the model and dequantizer exactly as saved; drop "
             f"those overrides (data, dequant.eval_samples, train.eval_batch_size, seed, "
-            f"device, threads and sample.* may change).")
+            f"device, threads, eval.split and sample.* may change).")
     if ignored:
         log.warning("ignored by task=%s (the checkpoint's own settings stay): %s",
                     cfg.task.value, ", ".join(ignored))

@@ -47,9 +47,14 @@ class Schedule(str, Enum):
     cosine = "cosine"  # linear warm-up, then cosine decay to min_lr_ratio * lr
 
 
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+
+
 class Task(str, Enum):
     train = "train"
-    eval = "eval"  # test bits/dim of the checkpoint named by ckpt=...: eval.json
+    eval = "eval"  # bits/dim of the checkpoint named by ckpt=... on eval.split: eval.json
     sample = "sample"  # samples, pictures and (images) a latent interpolation from ckpt=...
 
 
@@ -115,6 +120,7 @@ class GMM1DConfig:
     n_test: int = 5_000
     seed: int = 0
     standardize: bool = True
+    n_val: int = 2_000  # validation points, drawn besides n_train; 0: none (no selection)
 
 
 @dataclass
@@ -127,6 +133,7 @@ class Toy2DConfig:
     seed: int = 0
     standardize: bool = True
     image_text: str = "FLOW"
+    n_val: int = 2_000  # validation points, drawn besides n_train; 0: none (no selection)
 
 
 @dataclass
@@ -134,6 +141,8 @@ class ArrayConfig:
     _target_: str = "flowtrain.data.array.ArrayData"
     path: str = MISSING
     standardize: bool = True
+    # of the file's training examples; null: 10% of them; 0: none (no selection)
+    n_val: Optional[int] = None  # noqa: UP045
 
 
 @dataclass
@@ -141,6 +150,8 @@ class ImageArrayConfig:
     _target_: str = "flowtrain.data.array.ImageArrayData"
     path: str = MISSING
     levels: int = 256
+    # of the file's training images; null: 10% of them; 0: none (no selection)
+    n_val: Optional[int] = None  # noqa: UP045
 
 
 @dataclass
@@ -149,6 +160,7 @@ class TorchvisionConfig:
     name: TorchvisionName = MISSING
     root: str = "data"
     download: bool = False
+    n_val: int = 5_000  # of the training images; 0: none (no selection)
 
 
 @dataclass
@@ -156,6 +168,7 @@ class DigitsConfig:
     _target_: str = "flowtrain.data.images.Digits"
     n_test: int = 297
     seed: int = 0
+    n_val: int = 150  # of the 1500 training images; 0: none (no selection)
 
 
 # --- dequantization ----------------------------------------------------------------------
@@ -265,6 +278,14 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """What ``task=eval`` measures: the test split (as the training run did at its end) or
+    the validation split (as it did during training)."""
+
+    split: Split = Split.test
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     data: Any = MISSING
@@ -284,6 +305,7 @@ class Config:
     task: Task = Task.train
     ckpt: str | None = None
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {

@@ -11,17 +11,38 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-# What flowtrain returns to a sweeper, so what "best" means here too.
-SWEEP_OBJECTIVE = "test_bpd"
-# The results a row shows, when the job's metrics.json has them.
-RESULT_COLUMNS = (SWEEP_OBJECTIVE, "best_test_bpd", "test_nll", "train_bpd", "steps", "wall_s")
+from flowtrain.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# What flowtrain returns to a sweeper, so what "best" means in a sweep's table too: the
+# best validation result of a run (quantized data in bits/dim, continuous points in nats),
+# never a test result, which would tune the sweep on the test split.
+OBJECTIVES = ("best_val_bpd", "best_val_nll")
+# The results a run reports, by kind of data: what its row and its HParams entry show.
+RESULTS = {"bpd": ("best_val_bpd", "test_bpd_at_best", "val_bpd", "test_bpd", "train_bpd"),
+           "nll": ("best_val_nll", "test_nll_at_best", "val_nll", "test_nll", "train_nll")}
+COUNTS = ("best_step", "steps", "wall_s")
+
+
+def objective_key(metrics: dict[str, Any]) -> str | None:
+    """The objective among ``metrics``' keys; None for a run without a validation split."""
+    return next((key for key in OBJECTIVES if key in metrics), None)
+
+
+def result_keys(metrics: dict[str, Any]) -> tuple[str, ...]:
+    """The results ``metrics`` (a run's metrics.json) has, in reporting order."""
+    kind = "bpd" if "test_bpd" in metrics else "nll"
+    return tuple(key for key in RESULTS[kind] if key in metrics)
 
 
 # The groups whose option names a run, and the keys besides the job's own overrides that
@@ -63,13 +84,26 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         rows.append({"job": config.hydra.job.num,
                      "overrides": list(OmegaConf.load(overrides_file)),
-                     **{key: metrics.get(key) for key in RESULT_COLUMNS},
+                     **{key: metrics[key] for key in (*result_keys(metrics), *COUNTS)
+                        if key in metrics},
                      "folder": job_dir.name})
+    columns = _result_columns(rows)
+    rows = [{"job": row["job"], "overrides": row["overrides"],
+             **{key: row.get(key) for key in columns}, "folder": row["folder"]}
+            for row in rows]
     return sorted(rows, key=_objective_then_job)
 
 
+def _result_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every result any row has, in reporting order (a sweep over data sets of both kinds
+    shows both)."""
+    order = [*RESULTS["bpd"], *RESULTS["nll"], *COUNTS]
+    return [key for key in order if any(key in row for row in rows)]
+
+
 def _objective_then_job(row: dict[str, Any]) -> tuple[float, int]:
-    value = row[SWEEP_OBJECTIVE]
+    key = objective_key(row)
+    value = row[key] if key is not None else None
     return (value if isinstance(value, float) and math.isfinite(value) else math.inf,
             row["job"])
 
@@ -78,7 +112,7 @@ def as_table(rows: list[dict[str, Any]]) -> str:
     """The rows as aligned text, numbers to 4 decimals; the overrides every job shares are
     said once above the table, so its last column shows only what the sweep varied."""
     shared = set.intersection(*(set(row["overrides"]) for row in rows))
-    columns = ["job", *RESULT_COLUMNS, "swept"]
+    columns = [key for key in rows[0] if key not in ("overrides", "folder")] + ["swept"]
     cells = [[_cell(row[column]) for column in columns[:-1]]
              + [" ".join(item for item in row["overrides"] if item not in shared)]
              for row in rows]
@@ -97,8 +131,29 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def check_sweep_selects(cfg: DictConfig) -> None:
+    """A sweep picks its best run, so each run needs a validation split to be judged on:
+    refuse data.n_val=0, which would leave only the test split to select on."""
+    if OmegaConf.select(cfg, "data.n_val") == 0:
+        raise ConfigError("a sweep (-m) selects its best run on validation bits/dim, and "
+                          "data.n_val=0 leaves no validation split (selecting on the test "
+                          "split would tune the sweep on it). Give data.n_val a count, or "
+                          "run the jobs one by one without -m.")
+
+
 class SweepSummary(Callback):
-    """Writes SWEEP_DIR/summary.csv and summary.json and logs the table, best first."""
+    """Refuses a sweep that could only select on test; writes SWEEP_DIR/summary.csv and
+    summary.json and logs the table, best first."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_sweep_selects(config)
+        except ConfigError as error:
+            # Hydra turns a callback's exception into a warning and goes on with the
+            # sweep; exiting is what stops it before any job (a swept data.n_val=0,... is
+            # refused by its own job instead).
+            log.error("%s", error)
+            sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -111,5 +166,6 @@ class SweepSummary(Callback):
             writer.writeheader()
             writer.writerows({**row, "overrides": " ".join(row["overrides"])} for row in rows)
         # print, not log: the root logger still writes into the last job's flowtrain.log
-        print(f"sweep of {len(rows)} jobs, best {SWEEP_OBJECTIVE} first (summary.csv and "
+        best = objective_key(rows[0]) or "validation result"
+        print(f"sweep of {len(rows)} jobs, best {best} first (summary.csv and "
               f"summary.json in {sweep_dir}):\n{as_table(rows)}", flush=True)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from flowtrain.build import build_from_checkpoint
 from flowtrain.checkpoint_config import checkpoint_config
-from flowtrain.config import SampleConfig, Task
+from flowtrain.config import SampleConfig, Split, Task
 from flowtrain.data.base import FlowData
 from flowtrain.errors import ConfigError
 from flowtrain.flows.base import FlowModel
@@ -29,9 +29,10 @@ from flowtrain.latent import interpolate
 from flowtrain.likelihood import Preprocessing
 from flowtrain.training.checkpoint import load_checkpoint
 from flowtrain.training.evaluation import (
-    evaluate_test_split,
+    evaluate_split,
     evaluation_generator,
     evaluation_mode,
+    per_dim_key,
 )
 from flowtrain.training.figures import figures_for, image_grid, save_picture
 from flowtrain.training.runtime import seed_everything, select_device
@@ -75,31 +76,36 @@ def restore_checkpoint(cfg: DictConfig, typed_overrides: list[str]) -> Restored:
 
 
 def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
-    """The test bits/dim of the checkpoint, measured as its training run measured them;
-    writes ``eval.json``."""
+    """The checkpoint's result on ``eval.split`` (test bits/dim by default; nats per point
+    for continuous data), measured as its training run measured it; writes ``eval.json``."""
     started = time.perf_counter()
     if restored.cfg.train.eval_batch_size < 1:
         raise ConfigError(f"train.eval_batch_size must be at least 1; got "
                           f"{restored.cfg.train.eval_batch_size}")
-    metrics = evaluate_test_split(
-        restored.model, restored.preprocessing, restored.data,
+    split = Split(restored.cfg.eval.split).value
+    data = restored.data
+    points = data.split(split)  # a missing validation split is refused before any work
+    metrics = evaluate_split(
+        restored.model, restored.preprocessing, data, split,
         batch_size=restored.cfg.train.eval_batch_size, device=restored.device,
         seed=restored.cfg.seed, progress=True)
     results: dict[str, Any] = {
         "checkpoint": str(restored.path.resolve()),
         "step": restored.step,
-        "data": restored.data.name,
-        "n_test": len(restored.data.test),
+        "data": data.name,
+        "split": split,
+        f"n_{split}": len(points),
         **metrics,
         "params": sum(p.numel() for p in restored.model.parameters()),
         "device": str(restored.device),
         "wall_s": time.perf_counter() - started,
     }
     (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-    log.info("test: %.4f bits/dim (%.4f nats per example) on %s (%d examples), checkpoint at "
-             "step %d; eval.json is in %s", results["test_bpd"], results["test_nll"],
-             results["data"], results["n_test"], restored.step, run_dir)
-    return results["test_bpd"]
+    key = per_dim_key(split, data)
+    log.info("%s: %.4f %s on %s (%d examples), checkpoint at step %d; eval.json is in %s",
+             split, results[key], "bits/dim" if data.discrete else "nats per point",
+             data.name, len(points), restored.step, run_dir)
+    return results[key]
 
 
 def check_sample_config(cfg: SampleConfig) -> None:

@@ -19,7 +19,7 @@ from omegaconf.errors import MissingMandatoryValue
 from flowtrain.checkpoint_config import RECORDED_GROUPS, with_checkpoint_choices
 from flowtrain.config import Task, config_dir, register_configs
 from flowtrain.errors import ConfigError, user_error_in
-from flowtrain.sweeps import SWEEP_OBJECTIVE, run_identity
+from flowtrain.sweeps import check_sweep_selects, objective_key, run_identity
 
 log = logging.getLogger("flowtrain")
 
@@ -28,8 +28,9 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def run(cfg: DictConfig) -> float | None:
-    """Train one run, or evaluate or sample from a checkpoint; returns the test bits/dim
-    (what a sweeper would minimise), None after sampling."""
+    """Train one run, or evaluate or sample from a checkpoint; returns what a sweeper
+    minimises: a run's best validation result (bits/dim, or nats per point for continuous
+    data; None without a validation split), eval's result, None after sampling."""
     try:
         return run_task(cfg)
     except MissingMandatoryValue as error:
@@ -99,6 +100,8 @@ def train(cfg: DictConfig) -> float:
     if ranks.distributed and hydra_config.mode == RunMode.MULTIRUN:
         raise ConfigError("-m (a sweep) and torchrun do not mix: every process would run "
                           "the whole sweep. Start one torchrun job per sweep point.")
+    if hydra_config.mode == RunMode.MULTIRUN:
+        check_sweep_selects(cfg)  # a job of its own data.n_val, e.g. -m data.n_val=0,100
     ranks.batch_slice(cfg.train.batch_size)  # an uneven split is refused before any work
     if not ranks.is_main:  # rank 0 speaks for the run; the others only warn
         logging.getLogger("flowtrain").setLevel(logging.WARNING)
@@ -116,10 +119,24 @@ def train(cfg: DictConfig) -> float:
     if not ranks.is_main:
         return math.nan
     log.info("done: %s", json.dumps(metrics))
-    log.info("test: %.4f bits/dim (%.4f nats per example; best %.4f bits/dim) after %d steps; "
-             "metrics.json, checkpoints/ and tb/ are in %s", metrics["test_bpd"],
-             metrics["test_nll"], metrics["best_test_bpd"], metrics["steps"], run_dir)
-    return metrics[SWEEP_OBJECTIVE]
+    log.info("%s after %d steps; metrics.json, checkpoints/ and tb/ are in %s",
+             result_line(metrics), metrics["steps"], run_dir)
+    objective = objective_key(metrics)
+    return None if objective is None else metrics[objective]
+
+
+def result_line(metrics: dict) -> str:
+    """"best val 3.9 bits/dim at step 900, test 3.91 (3.92 for the last model)", in the
+    unit that suits the data."""
+    per_dim = "bpd" if "test_bpd" in metrics else "nll"
+    unit = "bits/dim" if per_dim == "bpd" else "nats per point"
+    test = f"test {metrics[f'test_{per_dim}']:.4f} {unit}"
+    if "best_step" not in metrics:
+        return f"{test} (no validation split, so no best.pt)"
+    at_best = metrics.get(f"test_{per_dim}_at_best")
+    return (f"best val {metrics[f'best_val_{per_dim}']:.4f} {unit} at step "
+            f"{metrics['best_step']}: test {'-' if at_best is None else f'{at_best:.4f}'}; "
+            f"last model: val {metrics[f'val_{per_dim}']:.4f}, {test}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import read_metrics, read_scalars, run_cli
 
-EXPECTED_SCALARS = {"train/nll", "train/bpd", "test/nll", "test/bpd", "lr", "grad_norm",
-                    "throughput"}
+# continuous 1-D points: nats per point, no bits/dim (they are no code length there)
+EXPECTED_SCALARS = {"train/nll", "val/nll", "test/nll", "test/nll_at_best", "lr",
+                    "grad_norm", "throughput"}
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +26,10 @@ def finished_run(tmp_path_factory):
 def test_run_writes_metrics(finished_run):
     run_dir, _ = finished_run
     metrics = read_metrics(run_dir)
-    for key in ("steps", "train_bpd", "test_bpd", "test_nll", "wall_s",
-                "train_samples_per_s", "params", "test_nll_true"):
+    for key in ("steps", "train_nll", "val_nll", "best_val_nll", "best_step", "test_nll",
+                "test_nll_at_best", "wall_s", "train_samples_per_s", "params", "test_nll_true"):
         assert key in metrics, key
+    assert not [key for key in metrics if "bpd" in key]
     assert metrics["steps"] == 40
     assert metrics["params"] == 3 * 8
     assert np.isfinite(metrics["test_nll"]) and metrics["test_nll"] > metrics["test_nll_true"] - 0.1
@@ -39,7 +41,9 @@ def test_run_writes_tensorboard_scalars_and_figures(finished_run):
     run_dir, _ = finished_run
     scalars = read_scalars(run_dir)
     assert EXPECTED_SCALARS <= scalars.keys()
-    assert [step for step, _ in scalars["test/bpd"]] == [20, 40]
+    assert not [tag for tag in scalars if "bpd" in tag]
+    assert [step for step, _ in scalars["val/nll"]] == [20, 40]
+    assert [step for step, _ in scalars["test/nll"]] == [40]  # the test split: at the end
     assert [step for step, _ in scalars["train/nll"]] == [10, 20, 30, 40]
     accumulator = EventAccumulator(str(run_dir / "tb"))
     accumulator.Reload()
@@ -59,7 +63,7 @@ def test_run_writes_safe_checkpoints(finished_run):
 def test_run_logs_into_hydra_job_log(finished_run):
     run_dir, _ = finished_run
     log = (run_dir / "flowtrain.log").read_text()
-    assert "test nll" in log and "done:" in log
+    assert "step 20: val" in log and "nats per point" in log and "done:" in log
 
 
 def test_resume_continues_from_the_saved_step(finished_run, tmp_path):

@@ -62,7 +62,7 @@ def test_two_processes_follow_one_process_and_resume(tmp_path):
     # Every rank draws the global batch's dequantization noise and keeps its slice, and
     # ActNorm starts from the global batch's statistics: one process, up to rounding.
     single = read_scalars(tmp_path / "single")
-    for tag in ("train/nll", "test/nll"):
+    for tag in ("train/nll", "val/nll", "test/nll"):
         pairs = zip(read_scalars(run_dir)[tag], single[tag], strict=True)
         for (step, a), (single_step, b) in pairs:
             assert step == single_step and a == pytest.approx(b, rel=1e-4), tag

@@ -58,14 +58,16 @@ def write_fake_cifar10(root: Path, per_batch: int = 4) -> None:
 
 def test_mnist_files_load_through_torchvision(tmp_path):
     write_fake_mnist(tmp_path)
-    data = TorchvisionImages("mnist", root=str(tmp_path))
-    assert data.train.shape == (12, 1, 8, 8) and data.test.shape == (6, 1, 8, 8)
+    data = TorchvisionImages("mnist", root=str(tmp_path), n_val=2)
+    assert data.train.shape == (10, 1, 8, 8) and data.test.shape == (6, 1, 8, 8)
+    assert data.val.shape == (2, 1, 8, 8)
     assert data.train.dtype == torch.uint8 and data.levels == 256
 
 
 def test_fashion_mnist_files_load_through_torchvision(tmp_path):
     write_fake_mnist(tmp_path, folder="FashionMNIST")
-    assert TorchvisionImages("fashion_mnist", root=str(tmp_path)).train.shape == (12, 1, 8, 8)
+    data = TorchvisionImages("fashion_mnist", root=str(tmp_path), n_val=0)
+    assert data.train.shape == (12, 1, 8, 8) and data.val is None
 
 
 def test_missing_data_set_names_folder_and_flag(tmp_path):
@@ -75,10 +77,18 @@ def test_missing_data_set_names_folder_and_flag(tmp_path):
 
 
 def test_digits_split_is_fixed():
+    torch.manual_seed(123)  # the splits do not depend on the global random state
     first, second = Digits(), Digits()
-    assert first.train.shape == (1500, 1, 8, 8) and first.test.shape == (297, 1, 8, 8)
-    assert torch.equal(first.test, second.test) and first.levels == 17
-    assert int(first.train.max()) == 16
+    assert first.train.shape == (1350, 1, 8, 8) and first.val.shape == (150, 1, 8, 8)
+    assert first.test.shape == (297, 1, 8, 8)
+    for split in ("train", "val", "test"):
+        assert torch.equal(first.split(split), second.split(split)), split
+    assert first.levels == 17 and int(first.train.max()) == 16
+    # the validation images are carved from the 1500 training images
+    everything = Digits(n_val=0).train
+    assert everything.shape == (1500, 1, 8, 8)
+    assert sorted(map(bytes, everything.numpy())) == sorted(
+        map(bytes, torch.cat([first.train, first.val]).numpy()))
 
 
 def _sample_images(run_dir: Path):
@@ -101,7 +111,7 @@ def test_realnvp_trains_on_digits_end_to_end(tmp_path):
 
 def test_realnvp_trains_on_fake_mnist_files(tmp_path):
     write_fake_mnist(tmp_path / "data")
-    run_cli(*TINY_REALNVP, "data=mnist", f"data.root={tmp_path / 'data'}",
+    run_cli(*TINY_REALNVP, "data=mnist", f"data.root={tmp_path / 'data'}", "data.n_val=2",
             f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert read_metrics(tmp_path / "run")["steps"] == 6
     assert _sample_images(tmp_path / "run")
@@ -196,7 +206,7 @@ def test_image_flows_train_on_fake_cifar10_files(tmp_path, monkeypatch, model, s
     overrides = {"realnvp": TINY_REALNVP, "pixelcnn_arflow": TINY_PIXELCNN}[model]
     write_fake_cifar10(tmp_path / "data")
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
-    run_cli(*overrides, "data=cifar10", f"data.root={tmp_path / 'data'}",
+    run_cli(*overrides, "data=cifar10", f"data.root={tmp_path / 'data'}", "data.n_val=4",
             f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     metrics = read_metrics(tmp_path / "run")
     assert np.isfinite(metrics["test_bpd"]) and metrics["steps"] == steps
@@ -212,7 +222,8 @@ def test_a_weight_averaged_run_resumes_exactly_and_is_evaluated_with_its_average
 
     common = [*TINY_REALNVP, "data=digits", "train.ema_decay=0.9", "device=cpu"]
     whole, split = whole_and_resumed(tmp_path, common, stop_at=3)
-    for key in ("test_nll", "test_bpd", "best_test_bpd", "train_bpd"):
+    for key in ("test_nll", "test_bpd", "val_bpd", "best_val_bpd", "best_step",
+                "test_bpd_at_best", "train_bpd"):
         assert split[key] == whole[key], key
     saved = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
     assert saved["average"]["updates"] == 6

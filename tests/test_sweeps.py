@@ -64,16 +64,19 @@ def test_parallel_sweep_names_folders_by_overrides_and_logs_hparams(tmp_path):
         assert hyperparameters["model"] == "mixture_cdf" and hyperparameters["train"] == "points"
         left_out = {"ckpt", "data._target_", "data.means", "seed", "resume"}
         assert not left_out & hyperparameters.keys()
-        assert {"hparams/test_bpd", "hparams/best_test_bpd"} <= metrics
+        assert {"hparams/best_val_nll", "hparams/test_nll_at_best", "hparams/val_nll",
+                "hparams/test_nll"} <= metrics
+        assert not [key for key in metrics if "bpd" in key]
         # in the run's own folder, so the HParams tab links it to the run's curves
         assert not [path for path in (run_dir / "tb").iterdir() if path.is_dir()]
     # the sweep ends with its table, best first, beside multirun.yaml
     summary = json.loads((sweep / "summary.json").read_text())
-    results = [read_metrics(sweep / row["folder"])["test_bpd"] for row in summary]
+    results = [read_metrics(sweep / row["folder"])["best_val_nll"] for row in summary]
     assert len(summary) == 4 and results == sorted(results)
-    assert [row["test_bpd"] for row in summary] == results
+    assert [row["best_val_nll"] for row in summary] == results
+    assert {"test_nll_at_best", "test_nll", "best_step", "wall_s"} <= summary[0].keys()
     assert (sweep / "summary.csv").read_text().count("\n") == 5
-    assert "sweep of 4 jobs, best test_bpd first" in result.stdout
+    assert "sweep of 4 jobs, best best_val_nll first" in result.stdout
 
 
 def test_sweep_folder_names_hold_no_path_separators():

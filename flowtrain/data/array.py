@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowtrain.data.base import FlowData
+from flowtrain.data.base import FlowData, carve_validation, default_n_val
 from flowtrain.data.images import as_images, looks_channels_last
 from flowtrain.errors import DataError
 
@@ -52,10 +52,11 @@ def _check(file: Path, split: str, values: np.ndarray, levels: int | None) -> No
 
 
 class ArrayData(FlowData):
-    """``data=array data.path=FILE.npz``: points; with ``images``, ``ImageArrayData``."""
+    """``data=array data.path=FILE.npz``: points; with ``images``, ``ImageArrayData``.
+    ``n_val`` of the training examples are the validation split (None: 10% of them)."""
 
     def __init__(self, path: str, standardize: bool = True, levels: int | None = None,
-                 images: bool = False):
+                 images: bool = False, n_val: int | None = None):
         file = Path(path).expanduser()
         found = _load(file, path)
         for split in ("train", "test"):
@@ -92,13 +93,15 @@ class ArrayData(FlowData):
             else:
                 values = values if values.ndim == 2 else values[:, None]
                 splits[split] = torch.from_numpy(values.astype(np.float32))
-        super().__init__(splits["train"], splits["test"], name=file.name,
+        n_val = default_n_val(len(splits["train"])) if n_val is None else n_val
+        train, val = carve_validation(splits["train"], n_val, file.name)
+        super().__init__(train, splits["test"], name=file.name,
                          levels=image_levels if images else levels,
-                         standardize=standardize and not images)
+                         standardize=standardize and not images, val=val)
 
 
 class ImageArrayData(ArrayData):
     """``data=image_array data.path=FILE.npz``: integer images with ``levels`` values."""
 
-    def __init__(self, path: str, levels: int = 256):
-        super().__init__(path, standardize=False, levels=levels, images=True)
+    def __init__(self, path: str, levels: int = 256, n_val: int | None = None):
+        super().__init__(path, standardize=False, levels=levels, images=True, n_val=n_val)

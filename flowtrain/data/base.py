@@ -1,34 +1,82 @@
-"""What every data set hands the trainer: train/test tensors and how to score them."""
+"""What every data set hands the trainer: train, validation and test tensors and how to
+score them."""
 
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from flowtrain.errors import DataError
 
+# The validation split is the same for every run on a data set, whatever its seed: runs
+# compared on it must have been selected on the same examples.
+VALIDATION_SEED = 0
+
+
+def carve_validation(train: Tensor, n_val: int, name: str) -> tuple[Tensor, Tensor | None]:
+    """(train without the validation examples, the ``n_val`` validation examples), chosen
+    by a fixed permutation; the training examples keep their order. n_val=0: (train, None)."""
+    if len(train) == 0:  # FlowData names the empty split
+        return train, None
+    if not 0 <= n_val < len(train):
+        raise DataError(f"{name}: data.n_val must be between 0 (no validation split) and "
+                        f"{len(train) - 1} (the training split has {len(train)} examples); "
+                        f"got {n_val}")
+    if n_val == 0:
+        return train, None
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    kept = order[:-n_val].sort().values
+    return train[kept], train[order[-n_val:]]
+
+
+def check_drawn_counts(n_train: int, n_val: int, n_test: int) -> None:
+    """The split sizes of a data set drawn from a known distribution."""
+    if n_train < 1 or n_test < 1 or n_val < 0:
+        raise DataError(f"data.n_train and data.n_test must be at least 1 and data.n_val at "
+                        f"least 0 (no validation split); got {n_train}, {n_test} and {n_val}")
+
+
+def split_drawn(points: Tensor, n_train: int, n_val: int
+                ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(train, val or None, test) of points drawn for a data set, in that order: a drawn
+    set gets its validation points as extra draws, so ``data.n_train`` stays the number of
+    points trained on."""
+    val = points[n_train:n_train + n_val] if n_val else None
+    return points[:n_train], val, points[n_train + n_val:]
+
+
+def default_n_val(n_train: int) -> int:
+    """10% of the training split, where a data set (your own file) has no fixed count."""
+    return n_train // 10
+
 
 class FlowData:
-    """Train and test tensors of shape [N, *event_shape], held in memory.
+    """Train, validation and test tensors of shape [N, *event_shape], held in memory.
 
-    ``levels`` is the number of discrete values per dimension for quantized data (None for
-    continuous data); ``standardize`` asks for a fixed affine map to zero mean and unit
-    variance in front of the model, whose log-det keeps the likelihood in data units.
+    ``val`` (None when there is none) is what training evaluates and selects on; the test
+    split is measured once, at the end. ``levels`` is the number of discrete values per
+    dimension for quantized data (None for continuous data); ``standardize`` asks for a
+    fixed affine map to zero mean and unit variance in front of the model, whose log-det
+    keeps the likelihood in data units.
     """
 
     def __init__(self, train: Tensor, test: Tensor, *, name: str,
-                 levels: int | None = None, standardize: bool = False):
-        for split, values in (("train", train), ("test", test)):
+                 levels: int | None = None, standardize: bool = False,
+                 val: Tensor | None = None):
+        splits = {"train": train, "test": test, **({"val": val} if val is not None else {})}
+        for split, values in splits.items():
             if values.ndim < 2:
                 raise DataError(f"{name}: the {split} split must have shape [N, ...]; "
                                 f"got {tuple(values.shape)}")
             if values.shape[0] == 0:
                 raise DataError(f"{name}: the {split} split is empty")
-        if train.shape[1:] != test.shape[1:]:
-            raise DataError(f"{name}: train and test points differ in shape: "
-                            f"{tuple(train.shape[1:])} vs {tuple(test.shape[1:])}")
+            if values.shape[1:] != train.shape[1:]:
+                raise DataError(f"{name}: train and {split} points differ in shape: "
+                                f"{tuple(train.shape[1:])} vs {tuple(values.shape[1:])}")
         self.train = train
+        self.val = val
         self.test = test
         self.name = name
         self.levels = levels
@@ -41,6 +89,26 @@ class FlowData:
     @property
     def n_dims(self) -> int:
         return math.prod(self.event_shape)
+
+    @property
+    def discrete(self) -> bool:
+        """Quantized data, whose NLL in bits per dimension is a code length; for continuous
+        points it is not, and they are reported in nats per point."""
+        return self.levels is not None
+
+    @property
+    def shown(self) -> tuple[str, Tensor]:
+        """("validation", points), else ("training", points): what pictures draw data
+        points from; never the test points, which stay untouched until the end."""
+        return ("validation", self.val) if self.val is not None else ("training", self.train)
+
+    def split(self, name: str) -> Tensor:
+        """The split called ``name`` (train, val or test); a clear error for a missing one."""
+        values = {"train": self.train, "val": self.val, "test": self.test}[name]
+        if values is None:
+            raise DataError(f"{self.name} has no validation split (data.n_val=0); evaluate "
+                            f"eval.split=test, or give data.n_val a count")
+        return values
 
     def true_log_prob(self, x: Tensor) -> Tensor | None:
         """log density of the generating distribution, where it is known; else None."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowtrain.data.base import FlowData
+from flowtrain.data.base import FlowData, check_drawn_counts, split_drawn
 from flowtrain.errors import DataError
 from flowtrain.flows.mixture import Family, ScalarMixture
 
@@ -15,13 +15,11 @@ class GaussianMixture1D(FlowData):
 
     def __init__(self, weights: list[float], means: list[float], stds: list[float],
                  n_train: int = 20_000, n_test: int = 5_000, seed: int = 0,
-                 standardize: bool = True):
+                 standardize: bool = True, n_val: int = 2_000):
         if not len(weights) == len(means) == len(stds) > 0:
             raise DataError("data.weights, data.means and data.stds must be non-empty lists "
                             f"of one length; got {len(weights)}, {len(means)}, {len(stds)}")
-        if n_train < 1 or n_test < 1:
-            raise DataError(f"data.n_train and data.n_test must be at least 1; got {n_train} "
-                            f"and {n_test}")
+        check_drawn_counts(n_train, n_val, n_test)
         if min(weights) <= 0 or min(stds) <= 0:
             raise DataError("data.weights and data.stds must all be positive")
         weights_tensor = torch.tensor(list(weights), dtype=torch.float64)
@@ -32,9 +30,9 @@ class GaussianMixture1D(FlowData):
             family=Family.gaussian,
         )
         generator = torch.Generator().manual_seed(seed)
-        points = self._draw(n_train + n_test, generator)
-        super().__init__(points[:n_train], points[n_train:], name="gmm1d",
-                         standardize=standardize)
+        train, val, test = split_drawn(self._draw(n_train + n_val + n_test, generator),
+                                       n_train, n_val)
+        super().__init__(train, test, name="gmm1d", standardize=standardize, val=val)
 
     def _draw(self, n: int, generator: torch.Generator) -> Tensor:
         expanded = ScalarMixture(self.mixture.logits.expand(n, -1), self.mixture.loc,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowtrain.data.base import FlowData
+from flowtrain.data.base import FlowData, carve_validation
 from flowtrain.errors import DataError
 
 
@@ -51,10 +51,11 @@ def looks_channels_last(shape: tuple[int, ...]) -> bool:
 
 
 class TorchvisionImages(FlowData):
-    """``data=mnist|fashion_mnist|cifar10``: both splits through torchvision."""
+    """``data=mnist|fashion_mnist|cifar10``: both splits through torchvision; the
+    validation split is ``n_val`` of the training images."""
 
     def __init__(self, name: TorchvisionName | str, root: str = "data",
-                 download: bool = False):
+                 download: bool = False, n_val: int = 5000):
         name = TorchvisionName(name)
         folder = Path(root).expanduser()
         dataset_class = _torchvision_class(name)
@@ -73,14 +74,16 @@ class TorchvisionImages(FlowData):
             # CIFAR-10 keeps HWC numpy arrays; MNIST-style sets keep [N, H, W] tensors.
             splits[split] = as_images(dataset.data, channels_last=name is
                                       TorchvisionName.cifar10)
-        super().__init__(splits["train"], splits["test"], name=name.value, levels=256)
+        train, val = carve_validation(splits["train"], n_val, name.value)
+        super().__init__(train, splits["test"], name=name.value, levels=256, val=val)
 
 
 class Digits(FlowData):
     """``data=digits``: scikit-learn's 1797 8x8 digits, 17 gray levels, a fixed split
-    (the last ``n_test`` of a seeded permutation are the test set)."""
+    (the last ``n_test`` of a seeded permutation are the test set; ``n_val`` of the rest
+    the validation set)."""
 
-    def __init__(self, n_test: int = 297, seed: int = 0):
+    def __init__(self, n_test: int = 297, seed: int = 0, n_val: int = 150):
         from sklearn.datasets import load_digits
 
         images = torch.as_tensor(load_digits().images, dtype=torch.uint8).unsqueeze(1)
@@ -88,4 +91,5 @@ class Digits(FlowData):
             raise DataError(f"data.n_test must be between 1 and {len(images) - 1}; got {n_test}")
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
         images = images[order]
-        super().__init__(images[:-n_test], images[-n_test:], name="digits", levels=17)
+        train, val = carve_validation(images[:-n_test], n_val, "digits")
+        super().__init__(train, images[-n_test:], name="digits", levels=17, val=val)

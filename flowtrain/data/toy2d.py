@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowtrain.data.base import FlowData
+from flowtrain.data.base import FlowData, check_drawn_counts, split_drawn
 from flowtrain.errors import DataError
 from flowtrain.flows.base import HALF_LOG_2PI
 from flowtrain.flows.mixture import normal_cdf
@@ -204,21 +204,19 @@ class Toy2D(FlowData):
 
     def __init__(self, name: Toy2DName | str = Toy2DName.moons, n_train: int = 20_000,
                  n_test: int = 5_000, noise: float | None = None, seed: int = 0,
-                 standardize: bool = True, image_text: str = "FLOW"):
+                 standardize: bool = True, image_text: str = "FLOW", n_val: int = 2_000):
         name = Toy2DName(name)
-        if n_train < 1 or n_test < 1:
-            raise DataError(f"data.n_train and data.n_test must be at least 1; got {n_train} "
-                            f"and {n_test}")
+        check_drawn_counts(n_train, n_val, n_test)
         noise = DEFAULT_NOISE[name] if noise is None else float(noise)
         needs_noise = name in (Toy2DName.rings, Toy2DName.eight_gaussians)
         if noise < 0 or (noise == 0 and needs_noise):
             bound = "positive" if needs_noise else "at least 0"
             raise DataError(f"data.noise must be {bound} for {name.value}; got {noise}")
         self.density = _BUILDERS[name](noise, image_text)
-        points = self.density.sample(n_train + n_test, torch.Generator().manual_seed(seed))
-        points = points.float()
-        super().__init__(points[:n_train], points[n_train:], name=name.value,
-                         standardize=standardize)
+        points = self.density.sample(n_train + n_val + n_test,
+                                     torch.Generator().manual_seed(seed)).float()
+        train, val, test = split_drawn(points, n_train, n_val)
+        super().__init__(train, test, name=name.value, standardize=standardize, val=val)
 
     def true_log_prob(self, x: Tensor) -> Tensor | None:
         log_prob = self.density.log_prob(x)

@@ -121,6 +121,13 @@ def load_checkpoint(path: Path, missing_hint: str = _RESUME_HINT) -> dict[str, A
     return state
 
 
+def evaluated_weights(saved: dict[str, Any]) -> dict[str, Any]:
+    """Where a checkpoint keeps the weights it is evaluated with: a run that kept a weight
+    average was evaluated, selected and sampled with it, so that; else the trained ones.
+    Both hold ``model`` and ``preprocessing`` state dicts."""
+    return saved["average"] if isinstance(saved.get("average"), dict) else saved
+
+
 def check_state_dict_matches(module: nn.Module, saved: dict[str, torch.Tensor],
                              what: str, path: Path,
                              fix: str = "Resume with the config it was trained with.") -> None:

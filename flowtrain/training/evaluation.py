@@ -1,5 +1,5 @@
-"""Test-set numbers, computed one way for the training loop and for ``task=eval``, so a
-checkpoint evaluated later gives exactly the numbers its run reported."""
+"""Validation and test numbers, computed one way for the training loop and for
+``task=eval``, so a checkpoint evaluated later gives exactly the numbers its run reported."""
 
 from __future__ import annotations
 
@@ -66,27 +66,42 @@ def mean_nll(model: FlowModel, preprocessing: Preprocessing, points: torch.Tenso
     return total.item() / len(points)
 
 
-def evaluate_test_split(model: FlowModel, preprocessing: Preprocessing, data: FlowData, *,
-                 batch_size: int, device: torch.device, seed: int,
-                 test_nll: float | None = None, progress: bool = False) -> dict[str, Any]:
-    """``test_nll`` and ``test_bpd`` (reusing ``test_nll`` when it is already known); with
-    ``dequant.eval_samples`` > 1 also the importance-weighted ``test_nll_iw`` and
-    ``test_bpd_iw``; where the data's density is known, ``test_nll_true`` and the gap."""
+def per_dim_key(split: str, data: FlowData) -> str:
+    """The key a split's result is compared by: ``{split}_bpd`` for quantized data (bits
+    per dimension, a code length) and ``{split}_nll`` for continuous points (nats per
+    point: bits/dim of a density is not a code length)."""
+    return f"{split}_bpd" if data.discrete else f"{split}_nll"
+
+
+def scored(split: str, nll: float, data: FlowData) -> dict[str, float]:
+    """{"val_nll": ..., "val_bpd": ...}: a split's mean NLL and, for quantized data, its
+    bits per dimension."""
+    return {f"{split}_nll": nll,
+            **({f"{split}_bpd": bits_per_dim(nll, data.n_dims)} if data.discrete else {})}
+
+
+def evaluate_split(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
+                   split: str, *, batch_size: int, device: torch.device, seed: int,
+                   nll: float | None = None, progress: bool = False) -> dict[str, Any]:
+    """``{split}_nll`` and, for quantized data, ``{split}_bpd`` (reusing ``nll`` when it is
+    already known); with ``dequant.eval_samples`` > 1 also the importance-weighted
+    ``{split}_nll_iw`` and ``{split}_bpd_iw``; where the data's density is known,
+    ``{split}_nll_true`` and the gap."""
+    points = data.split(split)
     measure = {"batch_size": batch_size, "device": device, "seed": seed, "progress": progress}
-    if test_nll is None:
-        test_nll = mean_nll(model, preprocessing, data.test, **measure)
-    metrics: dict[str, Any] = {"test_nll": test_nll,
-                               "test_bpd": bits_per_dim(test_nll, data.n_dims)}
+    if nll is None:
+        nll = mean_nll(model, preprocessing, points, **measure)
+    metrics: dict[str, Any] = scored(split, nll, data)
     eval_samples = preprocessing.dequantizer.eval_samples
     if eval_samples > 1:
-        test_nll_iw = mean_nll(model, preprocessing, data.test, n_samples=eval_samples,
-                               **measure)
-        metrics |= {"test_nll_iw": test_nll_iw, "eval_samples": eval_samples,
-                    "test_bpd_iw": bits_per_dim(test_nll_iw, data.n_dims)}
-        log.info("test bits/dim %.5f (bound), %.5f (importance-weighted, %d samples)",
-                 metrics["test_bpd"], metrics["test_bpd_iw"], eval_samples)
-    true_log_prob = data.true_log_prob(data.test)
+        nll_iw = mean_nll(model, preprocessing, points, n_samples=eval_samples, **measure)
+        metrics |= {f"{key}_iw": value for key, value in scored(split, nll_iw, data).items()}
+        metrics["eval_samples"] = eval_samples
+        key = per_dim_key(split, data)
+        log.info("%s: %.5f (bound), %.5f (importance-weighted, %d samples)", key,
+                 metrics[key], metrics[f"{key}_iw"], eval_samples)
+    true_log_prob = data.true_log_prob(points)
     if true_log_prob is not None:
-        metrics["test_nll_true"] = -true_log_prob.double().mean().item()
-        metrics["test_nll_gap"] = test_nll - metrics["test_nll_true"]
+        metrics[f"{split}_nll_true"] = -true_log_prob.double().mean().item()
+        metrics[f"{split}_nll_gap"] = nll - metrics[f"{split}_nll_true"]
     return metrics

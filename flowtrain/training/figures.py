@@ -22,16 +22,18 @@ from flowtrain.likelihood import Preprocessing, negative_log_likelihood  # noqa:
 @torch.no_grad()
 def density_1d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
                samples: torch.Tensor, grid_points: int = 1000) -> Figure:
-    """The learned density over the test histogram, the model's samples, and the truth."""
+    """The learned density over a histogram of held-out data (``data.shown``), the model's
+    samples, and the truth."""
     device = next(model.parameters()).device
-    test = data.test.squeeze(1)
-    low, high = torch.quantile(test, torch.tensor([0.001, 0.999])).tolist()
+    shown_as, points = data.shown
+    points = points.squeeze(1)
+    low, high = torch.quantile(points, torch.tensor([0.001, 0.999])).tolist()
     margin = 0.1 * (high - low)
     grid = torch.linspace(low - margin, high + margin, grid_points).unsqueeze(1)
     density = torch.exp(-negative_log_likelihood(model, preprocessing, grid.to(device))).cpu()
     figure, axes = plt.subplots(figsize=(7, 4))
     bins = torch.linspace(low - margin, high + margin, 101).numpy()
-    axes.hist(test.numpy(), bins=bins, density=True, alpha=0.35, label="test data")
+    axes.hist(points.numpy(), bins=bins, density=True, alpha=0.35, label=f"{shown_as} data")
     axes.hist(samples.squeeze(1).clamp(bins[0], bins[-1]).cpu().numpy(), bins=bins,
               density=True, histtype="step", label="model samples")
     axes.plot(grid.squeeze(1).numpy(), density.numpy(), lw=2, label="learned density")
@@ -48,14 +50,16 @@ def density_1d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
 
 @torch.no_grad()
 def latent_histogram(model: FlowModel, preprocessing: Preprocessing, data: FlowData) -> Figure:
-    """Histogram of z = f(x) on test data: flat when the flow maps the data onto its base."""
+    """Histogram of z = f(x) on held-out data: flat when the flow maps the data onto its
+    base."""
     device = next(model.parameters()).device
-    y, _ = preprocessing(data.test.to(device))
+    shown_as, points = data.shown
+    y, _ = preprocessing(points.to(device))
     z, _ = model(y)
     figure, axes = plt.subplots(figsize=(7, 3))
     axes.hist(z.flatten().cpu().numpy(), bins=50, density=True, alpha=0.7)
     axes.axhline(1.0, color="k", ls="--", lw=1, label="Uniform(0, 1)")
-    axes.set_xlabel("z = f(x), test data")
+    axes.set_xlabel(f"z = f(x), {shown_as} data")
     axes.set_ylabel("density")
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
@@ -78,22 +82,23 @@ _MAX_SCATTER_POINTS = 5000  # more only blurs the scatter plots and slows them
 @torch.no_grad()
 def density_2d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
                samples: torch.Tensor, grid_points: int = 200) -> Figure:
-    """Side by side: the data, log p on a grid, samples, and z = f(x) of test points."""
+    """Side by side: held-out data, log p on a grid, samples, and z = f(x) of the data."""
     device = next(model.parameters()).device
-    test = data.test[:_MAX_SCATTER_POINTS]
-    (x_low, x_high), (y_low, y_high) = _plot_range(data.test)
+    shown_as, points = data.shown
+    shown = points[:_MAX_SCATTER_POINTS]
+    (x_low, x_high), (y_low, y_high) = _plot_range(points)
     xs = torch.linspace(x_low, x_high, grid_points)
     ys = torch.linspace(y_low, y_high, grid_points)
     grid = torch.cartesian_prod(xs, ys)
     log_density = torch.cat([
         -negative_log_likelihood(model, preprocessing, chunk.to(device)).cpu()
         for chunk in grid.split(8192)]).view(grid_points, grid_points).T
-    y, _ = preprocessing(test.to(device))
+    y, _ = preprocessing(shown.to(device))
     latent, _ = model(y)
     figure, axes = plt.subplots(1, 4, figsize=(16, 4.2))
     scatter = {"s": 1, "alpha": 0.4, "rasterized": True}
-    axes[0].scatter(test[:, 0], test[:, 1], **scatter)
-    axes[0].set_title("test data")
+    axes[0].scatter(shown[:, 0], shown[:, 1], **scatter)
+    axes[0].set_title(f"{shown_as} data")
     floor = log_density.max().item() - 10.0  # 10 nats of range keep the structure readable
     image = axes[1].imshow(log_density.clamp_min(floor).numpy(), origin="lower",
                            extent=(x_low, x_high, y_low, y_high), aspect="auto",
@@ -108,7 +113,7 @@ def density_2d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
         axis.set_ylim(y_low, y_high)
     latent = latent.cpu()
     axes[3].scatter(latent[:, 0], latent[:, 1], color="tab:green", **scatter)
-    axes[3].set_title("z = f(x) of test data")
+    axes[3].set_title(f"z = f(x) of {shown_as} data")
     if isinstance(model.base, UniformBase):  # a good fit fills the unit square evenly
         axes[3].set_xlim(0, 1)
         axes[3].set_ylim(0, 1)

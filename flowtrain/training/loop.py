@@ -1,5 +1,6 @@
 """One training loop for every model: batch -> dequantize -> log_prob -> mean NLL -> step,
-then whatever periodic work is due (log, evaluate, pictures, checkpoint)."""
+then whatever periodic work is due (log, evaluate on validation, pictures, checkpoint).
+The test split is measured once, at the end, for the last model and for best.pt."""
 
 from __future__ import annotations
 
@@ -18,11 +19,24 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from flowtrain.config import TrainConfig
 from flowtrain.data.base import FlowData
-from flowtrain.errors import ConfigError, NonFiniteError
-from flowtrain.likelihood import bits_per_dim, negative_log_likelihood
-from flowtrain.training.checkpoint import all_finite, remove_partial_writes, save_checkpoint
+from flowtrain.errors import CheckpointError, ConfigError, NonFiniteError
+from flowtrain.likelihood import negative_log_likelihood
+from flowtrain.sweeps import result_keys
+from flowtrain.training.checkpoint import (
+    all_finite,
+    evaluated_weights,
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+)
 from flowtrain.training.distributed import DataParallelFlow, Ranks
-from flowtrain.training.evaluation import evaluate_test_split, evaluation_mode, mean_nll
+from flowtrain.training.evaluation import (
+    evaluate_split,
+    evaluation_mode,
+    mean_nll,
+    per_dim_key,
+    scored,
+)
 from flowtrain.training.figures import figures_for
 from flowtrain.training.logger import RunLogger
 from flowtrain.training.runtime import autocast
@@ -102,8 +116,8 @@ class Trainer:
         # What a training step calls log_prob on: the model, or the model inside DDP.
         self.trained = (DataParallelFlow(state.model, device) if self.ranks.distributed
                         else state.model)
-        self.last_test_nll: tuple[int, float] | None = None  # (step, value)
-        self.train_bpd: float | None = None  # None while no step of this process counted
+        self.last_val_nll: tuple[int, float] | None = None  # (step, value)
+        self.train_nll: float | None = None  # None while no step of this process counted
 
     # --- measuring -------------------------------------------------------------------
 
@@ -218,6 +232,9 @@ class Trainer:
             for partial in remove_partial_writes(self.checkpoint_dir):
                 log.info("removed %s, an unfinished write from a run that was killed",
                          partial.name)
+        if main and self.data.val is None:
+            log.info("no validation split (data.n_val=0): no evaluation during training and "
+                     "no best.pt; the test split is measured at the end")
         if state.step >= cfg.steps:
             log.warning("the run is already at step %d of train.steps=%d; nothing to train. "
                         "Raise train.steps to continue it.", state.step, cfg.steps)
@@ -231,8 +248,10 @@ class Trainer:
             metrics = self.final_metrics(first_step, clock.total_seconds,
                                          time.perf_counter() - started)
             metrics["stopped_by"] = stopped_by
-            if "test_bpd_iw" in metrics:
-                logger.scalars({"test/bpd_iw": metrics["test_bpd_iw"]}, state.step)
+            logger.scalars({f"test/{key.removeprefix('test_')}": metrics[key]
+                            for key in ("test_nll", "test_bpd", "test_bpd_iw",
+                                        "test_nll_at_best", "test_bpd_at_best")
+                            if key in metrics}, state.step)
             self.log_hyperparameters(logger, metrics)
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         self.ranks.wait_for_all()
@@ -256,7 +275,7 @@ class Trainer:
                 if self.due(cfg.log_every):
                     self.log_training(logger, progress, grad_norm, clock)
                 if self.due(cfg.eval_every):
-                    self.evaluate_and_keep_best(logger)
+                    self.evaluate_and_select(logger)
                 if self.due(cfg.sample_every):
                     self.log_figures(logger)
                 if self.due(cfg.checkpoint_every):
@@ -284,51 +303,102 @@ class Trainer:
                    "nonfinite_steps": state.nonfinite.total}
         train_nll = state.window.take_mean()
         if train_nll is not None:  # None: every step since the last was skipped
-            self.train_bpd = bits_per_dim(train_nll, self.data.n_dims)
-            scalars |= {"train/nll": train_nll, "train/bpd": self.train_bpd}
-            progress.set_postfix(nll=f"{train_nll:.4f}", bpd=f"{self.train_bpd:.4f}")
+            self.train_nll = train_nll
+            train = scored("train", train_nll, self.data)
+            scalars |= {f"train/{key.removeprefix('train_')}": value
+                        for key, value in train.items()}
+            progress.set_postfix({key.removeprefix("train_"): f"{value:.4f}"
+                                  for key, value in train.items()})
         logger.scalars(scalars, state.step)
 
     def log_hyperparameters(self, logger: RunLogger, metrics: dict[str, Any]) -> None:
         """What identifies the run and its final numbers, for comparing a sweep in
         TensorBoard's HParams tab."""
-        results = {f"hparams/{key}": metrics[key] for key in
-                   ("test_bpd", "best_test_bpd", "train_bpd", "test_nll", "test_bpd_iw")
+        results = {f"hparams/{key}": metrics[key]
+                   for key in (*result_keys(metrics), "test_bpd_iw")
                    if isinstance(metrics.get(key), float)}
         logger.hyperparameters(self.hyperparameters, results, self.state.step)
 
-    def evaluate_and_keep_best(self, logger: RunLogger) -> None:
-        if not self.ranks.is_main:
+    def evaluate_and_select(self, logger: RunLogger) -> None:
+        """Validation NLL now; a new lowest saves best.pt. Without a validation split,
+        nothing: the test split is not looked at before the end."""
+        if not self.ranks.is_main or self.data.val is None:
             return
-        test_nll = self.evaluate(self.data.test)
-        self.last_test_nll = (self.state.step, test_nll)
-        test_bpd = bits_per_dim(test_nll, self.data.n_dims)
-        logger.scalars({"test/nll": test_nll, "test/bpd": test_bpd}, self.state.step)
-        log.info("step %d: test nll %.5f nats, %.5f bits/dim", self.state.step, test_nll,
-                 test_bpd)
-        if test_bpd < self.state.best_test_bpd:
-            self.state.best_test_bpd = test_bpd
+        state = self.state
+        val_nll = self.evaluate(self.data.val)
+        self.last_val_nll = (state.step, val_nll)
+        val = scored("val", val_nll, self.data)
+        logger.scalars({f"val/{key.removeprefix('val_')}": value for key, value in val.items()},
+                       state.step)
+        log.info("step %d: val %.5f %s", state.step, val[per_dim_key("val", self.data)],
+                 self.per_dim_unit)
+        if val_nll < state.best_val_nll:
+            state.best_val_nll, state.best_step = val_nll, state.step
             self.save("best.pt")
+
+    @property
+    def per_dim_unit(self) -> str:
+        return "bits/dim" if self.data.discrete else "nats per point"
+
+    def measure(self, split: str, nll: float | None = None) -> dict[str, Any]:
+        """A split's numbers for the weights evaluated now (``nll``: already measured)."""
+        return evaluate_split(*self.state.evaluated, self.data, split,
+                              batch_size=self.cfg.eval_batch_size, device=self.device,
+                              seed=self.seed, nll=nll)
+
+    def test_nll_at_best(self, test_nll: float) -> float | None:
+        """Test NLL of best.pt's weights (None without a best.pt): reused when best.pt is
+        the last model, else loaded into the evaluated modules for the measurement only."""
+        state = self.state
+        if state.best_step < 0:
+            return None
+        if state.best_step == state.step:
+            return test_nll
+        try:
+            saved = load_checkpoint(self.checkpoint_dir / "best.pt")
+        except CheckpointError as error:
+            log.warning("test at best.pt not measured: %s", error)
+            return None
+        modules = dict(zip(("model", "preprocessing"), state.evaluated, strict=True))
+        current = {name: {key: value.clone() for key, value in module.state_dict().items()}
+                   for name, module in modules.items()}
+        weights = evaluated_weights(saved)
+        try:
+            for name, module in modules.items():
+                module.load_state_dict(weights[name])
+            return mean_nll(*state.evaluated, self.data.test,
+                            batch_size=self.cfg.eval_batch_size, device=self.device,
+                            seed=self.seed)
+        finally:
+            for name, module in modules.items():
+                module.load_state_dict(current[name])
 
     def final_metrics(self, first_step: int, train_seconds: float, wall_seconds: float
                       ) -> dict[str, Any]:
-        known = self.last_test_nll  # already measured at this step: not measured again
-        test = evaluate_test_split(
-            *self.state.evaluated, self.data,
-            batch_size=self.cfg.eval_batch_size, device=self.device, seed=self.seed,
-            test_nll=known[1] if known is not None and known[0] == self.state.step else None)
-        steps_run = self.state.step - first_step
-        metrics: dict[str, Any] = {
-            "steps": self.state.step,
-            "train_bpd": self.train_bpd,
-            "test_nll": test["test_nll"],
-            "test_bpd": test["test_bpd"],
-            "best_test_bpd": self.state.best_test_bpd,
+        """The run's numbers: the last model on validation and test, best.pt's step,
+        validation and test results, and how the run went."""
+        state, data = self.state, self.data
+        metrics: dict[str, Any] = {"steps": state.step}
+        if self.train_nll is not None:
+            metrics |= scored("train", self.train_nll, data)
+        if data.val is not None:
+            known = self.last_val_nll  # measured at this step already: not again
+            metrics |= self.measure(
+                "val", known[1] if known is not None and known[0] == state.step else None)
+        if state.best_step >= 0:
+            metrics |= scored("best_val", state.best_val_nll, data)
+            metrics["best_step"] = state.best_step
+        metrics |= self.measure("test")
+        test_at_best = self.test_nll_at_best(metrics["test_nll"])
+        if test_at_best is not None:
+            metrics |= {f"{key}_at_best": value
+                        for key, value in scored("test", test_at_best, data).items()}
+        steps_run = state.step - first_step
+        return metrics | {
             "wall_s": wall_seconds,
             "train_samples_per_s": steps_run * self.cfg.batch_size / max(train_seconds, 1e-9),
-            "params": sum(p.numel() for p in self.state.model.parameters()),
+            "params": sum(p.numel() for p in state.model.parameters()),
             "dequant_params": sum(p.numel() for p in self.dequant_parameters),
             "device": str(self.device),
-            "nonfinite_steps": self.state.nonfinite.total,
+            "nonfinite_steps": state.nonfinite.total,
         }
-        return metrics | test

@@ -56,7 +56,9 @@ class TrainingState:
     batches: BatchStream
     device: torch.device = torch.device("cpu")
     step: int = 0
-    best_test_bpd: float = math.inf
+    # The lowest validation NLL so far and its step (-1: none yet): what best.pt holds.
+    best_val_nll: float = math.inf
+    best_step: int = -1
     window: LossWindow = field(default_factory=LossWindow)
     nonfinite: NonFiniteCount = field(default_factory=NonFiniteCount)
     average: WeightAverage | None = None  # train.ema_decay > 0
@@ -77,7 +79,8 @@ class TrainingState:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "best_test_bpd": self.best_test_bpd,
+            "best_val_nll": self.best_val_nll,
+            "best_step": self.best_step,
             "model": self.model.state_dict(),
             "preprocessing": self.preprocessing.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -98,7 +101,10 @@ class TrainingState:
         self.batches.load_state_dict(state["batches"])
         set_rng_state(state["rng"], self.device)
         self.step = int(state["step"])
-        self.best_test_bpd = float(state["best_test_bpd"])
+        # Checkpoints from before the validation split chose best.pt on test: that choice
+        # is not carried over, selection starts again on validation.
+        self.best_val_nll = float(state.get("best_val_nll", math.inf))
+        self.best_step = int(state.get("best_step", -1))
         self.window = LossWindow(state["window"]["nll_sum"].to(self.device),
                                  int(state["window"]["steps"]))
         self.nonfinite = NonFiniteCount(int(state["nonfinite"]["total"]),
