@@ -21,6 +21,7 @@ from flowtrain.data.images import TorchvisionName
 from flowtrain.data.toy2d import Toy2DName
 from flowtrain.flows.mixture import Family
 from flowtrain.flows.pixelcnn import Network
+from flowtrain.search import register_optuna_preset
 
 
 def config_dir() -> Path:
@@ -365,3 +366,4 @@ def register_configs() -> None:
     )
     OmegaConf.register_new_resolver("flowtrain_folder_name", folder_name, replace=True)
     OmegaConf.register_new_resolver("flowtrain_run_folder", run_folder, replace=True)
+    register_optuna_preset()

@@ -26,6 +26,14 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def selection(metrics: dict, per_dim: str = "bpd", digits: int = 3) -> str:
+    """"1.905 (step 1500) | 1.912 | 1.912": best.pt's validation result and step, its test
+    result, and the last model's test result, as three table cells."""
+    return (f"{metrics[f'best_val_{per_dim}']:.{digits}f} (step {metrics['best_step']}) | "
+            f"{metrics[f'test_{per_dim}_at_best']:.{digits}f} | "
+            f"{metrics[f'test_{per_dim}']:.{digits}f}")
+
+
 def setup_line(overrides: list[str]) -> str:
     """Where the numbers of a results table came from."""
     return (f"Device: CPU ({os.cpu_count()} cores), torch {torch.__version__}. "
@@ -59,7 +67,8 @@ def compare(runs: dict[str, list[str]], common: list[str], figure: Path
             run_dir = Path(folder) / str(index)
             rows.append((name, train(run_dir, [*common, *overrides])))
             images.append(last_image(run_dir, "samples"))
-    titles = [f"{name}\ntest {metrics['test_bpd']:.3f} bits/dim" for name, metrics in rows]
+    titles = [f"{name}\ntest {metrics['test_bpd']:.3f} bits/dim (last model)"
+              for name, metrics in rows]
     save_panels(images, titles, figure, across=True, panel_size=(5, 5.4), dpi=60,
                 fontsize=13)
     return rows

@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-from cli_runs import compare, setup_line  # noqa: E402
+from cli_runs import compare, selection, setup_line  # noqa: E402
 
 RUNS = {
     "realnvp": ["model=realnvp"],
@@ -27,12 +27,12 @@ def main(extra: list[str]) -> None:
     rows = compare(RUNS, ["data=digits", "device=cpu", *extra],
                    REPO / "docs" / "digits_samples.png")
     print(setup_line(extra))
-    print("| model | steps | parameters | test bpd | train bpd | wall (s) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | steps | parameters | best val bpd (step) | test bpd of best.pt | "
+          "test bpd, last model | train bpd | wall (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, metrics in rows:
-        print(f"| {name} | {metrics['steps']} | {metrics['params']:,} | "
-              f"{metrics['test_bpd']:.3f} | {metrics['train_bpd']:.3f} | "
-              f"{metrics['wall_s']:.0f} |")
+        print(f"| {name} | {metrics['steps']} | {metrics['params']:,} | {selection(metrics)} "
+              f"| {metrics['train_bpd']:.3f} | {metrics['wall_s']:.0f} |")
 
 
 if __name__ == "__main__":

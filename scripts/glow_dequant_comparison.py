@@ -18,7 +18,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-from cli_runs import compare, setup_line  # noqa: E402
+from cli_runs import compare, selection, setup_line  # noqa: E402
 
 EVAL_SAMPLES = 16
 RUNS = {f"{model}, {dequant}": [f"model={model}", f"dequant={dequant}",
@@ -33,12 +33,13 @@ def main(extra: list[str]) -> None:
     (REPO / "docs" / "glow_dequant.json").write_text(json.dumps(
         {"setup": setup_line(extra), "runs": dict(rows)}, indent=2) + "\n")
     print(setup_line(extra))
-    print(f"| model, dequantization | steps | parameters (model + dequantizer) | test bpd "
-          f"(bound) | test bpd (IW, {EVAL_SAMPLES}) | train bpd | wall (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| model, dequantization | steps | parameters (model + dequantizer) | best val "
+          f"bpd (step) | test bpd of best.pt | test bpd, last model (bound) | test bpd, last "
+          f"model (IW, {EVAL_SAMPLES}) | train bpd | wall (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, metrics in rows:
         print(f"| {name} | {metrics['steps']} | {metrics['params']:,} + "
-              f"{metrics['dequant_params']:,} | {metrics['test_bpd']:.3f} | "
+              f"{metrics['dequant_params']:,} | {selection(metrics)} | "
               f"{metrics['test_bpd_iw']:.3f} | {metrics['train_bpd']:.3f} | "
               f"{metrics['wall_s']:.0f} |")
 

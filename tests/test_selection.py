@@ -140,6 +140,14 @@ def test_a_sweep_without_a_validation_split_is_refused_before_training(tmp_path,
     assert not list(tmp_path.glob("sweep/*/checkpoints"))
 
 
+def test_a_validation_split_too_large_names_the_limit(tmp_path):
+    result = run_cli(*TINY_DIGITS, "data.n_val=1500", f"hydra.run.dir={tmp_path}",
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert ("data.n_val must be between 0 (no validation split) and 1499 (the training "
+            "split has 1500 examples)") in result.stdout + result.stderr
+
+
 def test_validation_is_carved_from_training_by_a_fixed_permutation():
     train = torch.arange(20).unsqueeze(1)
     kept, val = carve_validation(train, 5, "numbers")

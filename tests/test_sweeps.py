@@ -91,3 +91,58 @@ def test_slurm_launcher_config_composes(tmp_path):
                   "-p", "hydra.launcher", cwd=tmp_path).stdout
     assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in out
     assert "gpus_per_node: 1" in out and "partition: gpu" in out
+
+
+TINY_TOY2D = ["data=toy2d", "data.name=rings", "model=arflow2d", "data.n_train=300",
+              "data.n_val=100", "data.n_test=100", "train.steps=6", "train.batch_size=32",
+              "train.eval_every=3", "train.sample_every=6", "train.checkpoint_every=6",
+              "train.log_every=3", "train.n_samples=64"]
+
+
+def test_an_optuna_study_searches_learning_rate_and_width(tmp_path):
+    """hydra/sweeper=optuna with the preset search space: three trials, each a run whose
+    best validation result is the trial's value; the study's best is printed and saved."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # the `optuna` extra
+    import yaml
+
+    from flowtrain.search import WIDTHS
+
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+                     "hydra.sweeper.sampler.seed=0", *TINY_TOY2D,
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    studied = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    runs = sorted(sweep.glob("*/metrics.json"))
+    assert len(runs) == 3
+    values = []
+    for metrics_file in runs:
+        overrides = yaml.safe_load((metrics_file.parent / ".hydra" / "overrides.yaml")
+                                   .read_text())
+        chosen = dict(item.split("=", 1) for item in overrides)
+        assert 1e-4 <= float(chosen["optim.lr"]) <= 1e-2
+        assert int(chosen["model.hidden_features"]) in WIDTHS["hidden_features"]
+        values.append(read_metrics(metrics_file.parent)["best_val_nll"])
+    assert studied["best_value"] == pytest.approx(min(values))
+    assert set(studied["best_params"]) == {"optim.lr", "model.hidden_features"}
+    output = result.stdout + result.stderr
+    assert "Best value" in output and "sweep of 3 jobs" in output
+    assert "setup plugin alembic" not in output
+    assert json.loads((sweep / "summary.json").read_text())[0]["best_val_nll"] == min(values)
+
+
+def test_the_width_is_searched_only_where_the_model_has_one_and_nobody_fixed_it():
+    optuna = pytest.importorskip("optuna")
+    from omegaconf import OmegaConf
+
+    from flowtrain.search import suggest_width
+
+    def suggested(model: dict, fixed: dict) -> dict:
+        trial = optuna.create_study().ask()
+        for name, value in fixed.items():
+            trial.set_user_attr(name, value)
+        suggest_width(OmegaConf.create({"model": model}), trial)
+        return trial.params
+
+    assert set(suggested({"n_filters": 32}, {})) == {"model.n_filters"}
+    assert suggested({"n_filters": 32}, {"model.n_filters": 8}) == {}
+    assert suggested({"n_components": 8}, {}) == {}  # mixture_cdf: no width
