@@ -35,6 +35,10 @@ _SET_BY_CHOICES = ("model", "data", "dequant")
 # except for keys that say where the data lives rather than what it is.
 _FIXED_ON_RESUME = ("model", "data", "dequant")
 _WHERE_NOT_WHAT = {"data.root", "data.download"}
+# Keys added to a group after checkpoints were written, with the value that means what
+# such a checkpoint did: it resumes when the key has that value now (data.n_val=0, the
+# training split whole, as before the validation split).
+_ADDED_SINCE = {"data.n_val": 0}
 # task=eval|sample: what the saved weights are, which the command line may not change;
 # how to evaluate, which it may; and what belongs to this process, never to the checkpoint.
 _FIXED = ("model", "dequant")
@@ -97,9 +101,21 @@ def config_differences(saved: Any, current: Any, key: str, current_is: str = "gi
     return [] if saved == current else [f"{key}: saved {saved!r}, {current_is} {current!r}"]
 
 
+def _with_added_keys(saved: dict) -> dict:
+    """``saved`` with each key of ``_ADDED_SINCE`` its group lacks set to what it meant."""
+    completed = copy.deepcopy(saved)
+    for key, value in _ADDED_SINCE.items():
+        *parents, last = key.split(".")
+        group = _get(completed, ".".join(parents))
+        if isinstance(group, dict) and last not in group:
+            group[last] = value
+    return completed
+
+
 def check_same_setup(saved: dict, current: dict, path: Path) -> None:
     """Refuse to resume into a different model, data set or dequantizer; warn when the
     optimizer settings changed, since its saved state (learning rate included) wins."""
+    saved = _with_added_keys(saved)
     differences = [
         difference for group in _FIXED_ON_RESUME
         for difference in config_differences(saved.get(group), current.get(group), group,

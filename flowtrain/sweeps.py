@@ -167,5 +167,5 @@ class SweepSummary(Callback):
             writer.writerows({**row, "overrides": " ".join(row["overrides"])} for row in rows)
         # print, not log: the root logger still writes into the last job's flowtrain.log
         best = objective_key(rows[0]) or "validation result"
-        print(f"sweep of {len(rows)} jobs, best {best} first (summary.csv and "
+        print(f"sweep of {len(rows)} jobs, lowest {best} first (summary.csv and "
               f"summary.json in {sweep_dir}):\n{as_table(rows)}", flush=True)

@@ -134,9 +134,10 @@ def result_line(metrics: dict) -> str:
     if "best_step" not in metrics:
         return f"{test} (no validation split, so no best.pt)"
     at_best = metrics.get(f"test_{per_dim}_at_best")
+    val = metrics.get(f"val_{per_dim}")
     return (f"best val {metrics[f'best_val_{per_dim}']:.4f} {unit} at step "
             f"{metrics['best_step']}: test {'-' if at_best is None else f'{at_best:.4f}'}; "
-            f"last model: val {metrics[f'val_{per_dim}']:.4f}, {test}")
+            f"last model: {'' if val is None else f'val {val:.4f}, '}{test}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, run_cli
+from conftest import TINY_RUN, read_metrics, run_cli
 
 
 def _fails(*args, cwd):
@@ -106,6 +106,26 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, trained):
                  "resume=true", cwd=tmp_path)
     assert "another setup" in out and "model.n_components: saved 8, now 3" in out
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_a_checkpoint_from_before_the_validation_split_resumes_with_none(tmp_path, trained):
+    """Its config has no data.n_val, and it trained on the whole training split: it
+    resumes with data.n_val=0, and the refusal without it names that key and value."""
+    from flowtrain.training.checkpoint import save_checkpoint
+
+    run_dir = _copy(trained, tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    saved = torch.load(last, weights_only=True)
+    del saved["config"]["data"]["n_val"]
+    save_checkpoint({key: value for key, value in saved.items()
+                     if key not in ("format", "version")}, last)
+    steps = [arg for arg in TINY_RUN if not arg.startswith("train.steps")]
+    out = _fails(*steps, "train.steps=50", f"hydra.run.dir={run_dir}", "resume=true",
+                 cwd=tmp_path)
+    assert "data.n_val: saved 0, now 2000" in out
+    run_cli(*steps, "train.steps=50", "data.n_val=0", f"hydra.run.dir={run_dir}",
+            "resume=true", cwd=tmp_path)
+    assert read_metrics(run_dir)["steps"] == 50
 
 
 def test_truncated_checkpoint_is_refused_and_left_alone(tmp_path, trained):

@@ -76,7 +76,7 @@ def test_parallel_sweep_names_folders_by_overrides_and_logs_hparams(tmp_path):
     assert [row["best_val_nll"] for row in summary] == results
     assert {"test_nll_at_best", "test_nll", "best_step", "wall_s"} <= summary[0].keys()
     assert (sweep / "summary.csv").read_text().count("\n") == 5
-    assert "sweep of 4 jobs, best best_val_nll first" in result.stdout
+    assert "sweep of 4 jobs, lowest best_val_nll first" in result.stdout
 
 
 def test_sweep_folder_names_hold_no_path_separators():

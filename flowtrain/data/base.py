@@ -4,6 +4,7 @@ score them."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -38,13 +39,16 @@ def check_drawn_counts(n_train: int, n_val: int, n_test: int) -> None:
                         f"least 0 (no validation split); got {n_train}, {n_test} and {n_val}")
 
 
-def split_drawn(points: Tensor, n_train: int, n_val: int
-                ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """(train, val or None, test) of points drawn for a data set, in that order: a drawn
-    set gets its validation points as extra draws, so ``data.n_train`` stays the number of
-    points trained on."""
-    val = points[n_train:n_train + n_val] if n_val else None
-    return points[:n_train], val, points[n_train + n_val:]
+def draw_splits(draw: Callable[[int, torch.Generator], Tensor], n_train: int, n_val: int,
+                n_test: int, seed: int) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(train, val or None, test) for a data set drawn from a known distribution by
+    ``draw(n, generator)``. The validation points are extra draws, taken after the others:
+    ``data.n_train`` stays the number of points trained on, and the training and test
+    points are the ones runs from before the validation split drew."""
+    generator = torch.Generator().manual_seed(seed)
+    points = draw(n_train + n_test, generator)
+    val = draw(n_val, generator) if n_val else None
+    return points[:n_train], val, points[n_train:]
 
 
 def default_n_val(n_train: int) -> int:

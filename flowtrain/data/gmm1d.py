@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowtrain.data.base import FlowData, check_drawn_counts, split_drawn
+from flowtrain.data.base import FlowData, check_drawn_counts, draw_splits
 from flowtrain.errors import DataError
 from flowtrain.flows.mixture import Family, ScalarMixture
 
@@ -29,9 +29,7 @@ class GaussianMixture1D(FlowData):
             log_scale=torch.log(torch.tensor(list(stds), dtype=torch.float64)),
             family=Family.gaussian,
         )
-        generator = torch.Generator().manual_seed(seed)
-        train, val, test = split_drawn(self._draw(n_train + n_val + n_test, generator),
-                                       n_train, n_val)
+        train, val, test = draw_splits(self._draw, n_train, n_val, n_test, seed)
         super().__init__(train, test, name="gmm1d", standardize=standardize, val=val)
 
     def _draw(self, n: int, generator: torch.Generator) -> Tensor:

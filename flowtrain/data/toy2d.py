@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowtrain.data.base import FlowData, check_drawn_counts, split_drawn
+from flowtrain.data.base import FlowData, check_drawn_counts, draw_splits
 from flowtrain.errors import DataError
 from flowtrain.flows.base import HALF_LOG_2PI
 from flowtrain.flows.mixture import normal_cdf
@@ -213,9 +213,8 @@ class Toy2D(FlowData):
             bound = "positive" if needs_noise else "at least 0"
             raise DataError(f"data.noise must be {bound} for {name.value}; got {noise}")
         self.density = _BUILDERS[name](noise, image_text)
-        points = self.density.sample(n_train + n_val + n_test,
-                                     torch.Generator().manual_seed(seed)).float()
-        train, val, test = split_drawn(points, n_train, n_val)
+        train, val, test = draw_splits(lambda n, generator: self.density.sample(
+            n, generator).float(), n_train, n_val, n_test, seed)
         super().__init__(train, test, name=name.value, standardize=standardize, val=val)
 
     def true_log_prob(self, x: Tensor) -> Tensor | None:
