@@ -133,6 +133,24 @@ def check_same_setup(saved: dict, current: dict, path: Path) -> None:
                     "; ".join(optim_changes))
 
 
+def check_held_out(saved: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """``eval.split=val`` must measure the examples the run held out. On the data set it
+    trained on, only its own ``data.n_val`` carves them: another count carves another set,
+    which can hold examples the model trained on. (Other data was never trained on.)"""
+    if cfg.eval.split != "val":
+        return
+    stored = _with_added_keys(saved.get("config") or {}).get("data") or {}
+    given = OmegaConf.to_container(cfg.data, resolve=True)
+    if stored.get("_target_") != given.get("_target_") or stored.get("n_val") == given.get(
+            "n_val"):
+        return
+    fix = ("it held out none: use eval.split=test" if stored.get("n_val") == 0
+           else f"give data.n_val={stored.get('n_val')}, or leave it out")
+    raise CheckpointError(f"eval.split=val: {path} was trained with data.n_val="
+                          f"{stored.get('n_val')}, and only that split holds examples it "
+                          f"never trained on (given data.n_val={given.get('n_val')}); {fix}.")
+
+
 def checkpoint_config(saved: dict[str, Any], cfg: DictConfig, typed: list[str],
                       path: Path) -> DictConfig:
     """The checkpoint's stored config, with the overrides in ``typed`` (what the user

@@ -17,8 +17,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-# The learning rate, log-uniform a decade either side of the regimes' own (conf/train/:
-# 1e-3 for images and points).
+# The learning rate, log-uniform from a decade below the image regimes' 1e-3 (conf/train/)
+# to the point regime's 1e-2: the range both kinds of data train in.
 LEARNING_RATE = "tag(log, interval(1e-4, 1e-2))"
 # The width key of each model that has one, and the widths tried: half, the same and
 # twice the schema default (flowtrain.config); mixture_cdf has none.

@@ -39,10 +39,14 @@ def objective_key(metrics: dict[str, Any]) -> str | None:
     return next((key for key in OBJECTIVES if key in metrics), None)
 
 
+def result_unit(metrics: dict[str, Any]) -> str:
+    """``bpd`` or ``nll``: what a run's metrics.json says its results are compared in."""
+    return metrics.get("result_unit", "bpd")
+
+
 def result_keys(metrics: dict[str, Any]) -> tuple[str, ...]:
     """The results ``metrics`` (a run's metrics.json) has, in reporting order."""
-    kind = "bpd" if "test_bpd" in metrics else "nll"
-    return tuple(key for key in RESULTS[kind] if key in metrics)
+    return tuple(key for key in RESULTS[result_unit(metrics)] if key in metrics)
 
 
 # The groups whose option names a run, and the keys besides the job's own overrides that
@@ -131,10 +135,29 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def swept_values(overrides: list[str], key: str) -> list[str]:
+    """Every value the command line's ``overrides`` give ``key`` (all of a sweep's list or
+    range; none for an interval)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.key_or_group != key:
+            continue
+        if not override.is_sweep_override():
+            values.append(str(override.value()))
+        elif not override.is_interval_sweep():
+            values += list(override.sweep_string_iterator())
+    return values
+
+
 def check_sweep_selects(cfg: DictConfig) -> None:
     """A sweep picks its best run, so each run needs a validation split to be judged on:
-    refuse data.n_val=0, which would leave only the test split to select on."""
-    if OmegaConf.select(cfg, "data.n_val") == 0:
+    refuse data.n_val=0, which would leave only the test split to select on, whether the
+    config sets it or the sweep gives it to any job (checked before the first)."""
+    overrides = list(OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
+    if OmegaConf.select(cfg, "data.n_val") == 0 or "0" in swept_values(overrides,
+                                                                       "data.n_val"):
         raise ConfigError("a sweep (-m) selects its best run on validation bits/dim, and "
                           "data.n_val=0 leaves no validation split (selecting on the test "
                           "split would tune the sweep on it). Give data.n_val a count, or "

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from flowtrain.build import build_from_checkpoint
-from flowtrain.checkpoint_config import checkpoint_config
+from flowtrain.checkpoint_config import check_held_out, checkpoint_config
 from flowtrain.config import SampleConfig, Split, Task
 from flowtrain.data.base import FlowData
 from flowtrain.errors import ConfigError
@@ -32,7 +32,6 @@ from flowtrain.training.evaluation import (
     evaluate_split,
     evaluation_generator,
     evaluation_mode,
-    per_dim_key,
 )
 from flowtrain.training.figures import figures_for, image_grid, save_picture
 from flowtrain.training.runtime import seed_everything, select_device
@@ -66,6 +65,7 @@ def restore_checkpoint(cfg: DictConfig, typed_overrides: list[str]) -> Restored:
     path = Path(cfg.ckpt).expanduser()
     saved = load_checkpoint(path, missing_hint=_NAME_A_CHECKPOINT)
     run_cfg = checkpoint_config(saved, cfg, typed_overrides, path)
+    check_held_out(saved, run_cfg, path)
     device = select_device(run_cfg.device)
     seed_everything(run_cfg.seed)
     model, preprocessing, data = build_from_checkpoint(run_cfg, saved, path, device)
@@ -101,10 +101,9 @@ def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
         "wall_s": time.perf_counter() - started,
     }
     (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-    key = per_dim_key(split, data)
+    key = f"{split}_{data.reported_as}"
     log.info("%s: %.4f %s on %s (%d examples), checkpoint at step %d; eval.json is in %s",
-             split, results[key], "bits/dim" if data.discrete else "nats per point",
-             data.name, len(points), restored.step, run_dir)
+             split, results[key], data.unit, data.name, len(points), restored.step, run_dir)
     return results[key]
 
 

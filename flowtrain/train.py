@@ -18,8 +18,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from flowtrain.checkpoint_config import RECORDED_GROUPS, with_checkpoint_choices
 from flowtrain.config import Task, config_dir, register_configs
-from flowtrain.errors import ConfigError, user_error_in
-from flowtrain.sweeps import check_sweep_selects, objective_key, run_identity
+from flowtrain.errors import ConfigError, NonFiniteError, user_error_in
+from flowtrain.sweeps import check_sweep_selects, objective_key, result_unit, run_identity
 
 log = logging.getLogger("flowtrain")
 
@@ -41,6 +41,12 @@ def run(cfg: DictConfig) -> float | None:
         if user_error is None:
             raise
         log.error("%s", user_error)
+        if (isinstance(user_error, NonFiniteError)
+                and HydraConfig.get().mode == RunMode.MULTIRUN):
+            # One diverged job (a learning rate too high) is a result of the sweep, the
+            # worst one: the other jobs and an Optuna study go on.
+            log.error("this job diverged; the sweep goes on, counting it as inf")
+            return math.inf
     sys.exit(2)
 
 
@@ -89,7 +95,7 @@ def resume_command(task_overrides: list[str], run_dir: Path) -> str:
     return " ".join(shlex.quote(word) for word in words)
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig) -> float | None:
     from flowtrain.build import build_trainer  # heavy imports after Hydra has parsed argv
     from flowtrain.training.distributed import Ranks, leave_process_group
 
@@ -128,8 +134,12 @@ def train(cfg: DictConfig) -> float:
 def result_line(metrics: dict) -> str:
     """"best val 3.9 bits/dim at step 900, test 3.91 (3.92 for the last model)", in the
     unit that suits the data."""
-    per_dim = "bpd" if "test_bpd" in metrics else "nll"
+    per_dim = result_unit(metrics)
     unit = "bits/dim" if per_dim == "bpd" else "nats per point"
+    if metrics.get("stopped_by"):
+        best = metrics.get(f"best_val_{per_dim}")
+        return (f"stopped; the test split is measured when the run finishes (best val so "
+                f"far: {'-' if best is None else f'{best:.4f} {unit}'})")
     test = f"test {metrics[f'test_{per_dim}']:.4f} {unit}"
     if "best_step" not in metrics:
         return f"{test} (no validation split, so no best.pt)"

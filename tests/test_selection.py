@@ -9,7 +9,10 @@ import pytest
 import torch
 from conftest import read_metrics, read_scalars, run_cli
 
+from flowtrain.data.array import ArrayData, ImageArrayData
 from flowtrain.data.base import carve_validation
+from flowtrain.data.gmm1d import GaussianMixture1D
+from flowtrain.data.toy2d import Toy2D
 from flowtrain.errors import DataError
 from flowtrain.training.loop import Trainer
 
@@ -74,21 +77,23 @@ def test_the_test_split_is_untouched_until_the_end(test_split_locked_while_train
 
 @pytest.fixture(scope="module")
 def selected_early(tmp_path_factory):
-    """A digits run whose validation results are made to be lowest at step 4 of 6, so that
-    best.pt and the last model differ: the test numbers at the end must be measured on
-    each one's own weights."""
+    """A digits run, keeping a weight average, whose validation results are made to be
+    lowest at step 4 of 6, so that best.pt and the last model differ: the test numbers at
+    the end must be measured on each one's own (averaged) weights."""
     folder = tmp_path_factory.mktemp("early")
     monkeypatch = pytest.MonkeyPatch()
     made_up = iter([300.0, 100.0, 200.0])  # nats per image at steps 2, 4, 6
     evaluate = Trainer.evaluate
 
     def evaluate_made_up(self, points):
-        evaluate(self, points)  # the real work still runs
-        return next(made_up)
+        nll = evaluate(self, points)  # the real work still runs
+        return next(made_up) if points is self.data.val else nll
 
     monkeypatch.setattr(Trainer, "evaluate", evaluate_made_up)
     try:
-        run_cli(*TINY_DIGITS, f"hydra.run.dir={folder / 'run'}", cwd=folder)
+        # with a weight average: best.pt's averaged weights are what is measured
+        run_cli(*TINY_DIGITS, "train.ema_decay=0.5", f"hydra.run.dir={folder / 'run'}",
+                cwd=folder)
     finally:
         monkeypatch.undo()
     return folder
@@ -131,13 +136,13 @@ def test_without_a_validation_split_nothing_is_selected(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [["data.n_val=0", "optim.lr=1e-3,1e-4"],
-                                       ["data.n_val=0,100"]], ids=["fixed", "swept"])
+                                       ["data.n_val=100,0"]], ids=["fixed", "swept"])
 def test_a_sweep_without_a_validation_split_is_refused_before_training(tmp_path, overrides):
     result = run_cli("-m", *TINY_DIGITS, *overrides, "hydra.sweep.dir=sweep", cwd=tmp_path,
                      check=False)
     assert result.returncode == 2
     assert "data.n_val=0 leaves no validation split" in result.stdout + result.stderr
-    assert not list(tmp_path.glob("sweep/*/checkpoints"))
+    assert not list(tmp_path.glob("sweep/*/checkpoints"))  # not even the n_val=100 job
 
 
 def test_a_validation_split_too_large_names_the_limit(tmp_path):
@@ -146,6 +151,48 @@ def test_a_validation_split_too_large_names_the_limit(tmp_path):
     assert result.returncode == 2
     assert ("data.n_val must be between 0 (no validation split) and 1499 (the training "
             "split has 1500 examples)") in result.stdout + result.stderr
+
+
+def test_a_validation_split_other_than_the_runs_is_refused(selected_early, tmp_path):
+    """Another data.n_val carves another set, which can hold trained-on images."""
+    out = tmp_path / "eval"
+    refused = run_cli("task=eval", f"ckpt={selected_early / 'run' / 'checkpoints' / 'last.pt'}",
+                      "eval.split=val", "data.n_val=300", f"hydra.run.dir={out}",
+                      cwd=tmp_path, check=False)
+    assert refused.returncode == 2
+    assert ("was trained with data.n_val=150, and only that split holds examples it never "
+            "trained on") in refused.stdout + refused.stderr
+
+
+def test_drawn_data_sets_draw_validation_points_besides_the_others():
+    """Train and test are the points drawn without a validation split (those of runs from
+    before it); the validation points are new draws."""
+    without = GaussianMixture1D([0.5, 0.5], [0.0, 3.0], [1.0, 1.0], n_train=50, n_test=20,
+                                n_val=0)
+    with_val = GaussianMixture1D([0.5, 0.5], [0.0, 3.0], [1.0, 1.0], n_train=50, n_test=20,
+                                 n_val=30)
+    assert without.val is None and with_val.val.shape == (30, 1)
+    assert torch.equal(without.train, with_val.train)
+    assert torch.equal(without.test, with_val.test)
+    assert not set(with_val.val.flatten().tolist()) & set(with_val.train.flatten().tolist())
+    toy = Toy2D("moons", n_train=40, n_val=10, n_test=10)
+    assert torch.equal(toy.train, Toy2D("moons", n_train=40, n_val=0, n_test=10).train)
+    with pytest.raises(DataError, match="data.n_val at least 0"):
+        Toy2D("moons", n_train=40, n_val=-1, n_test=10)
+
+
+def test_your_own_arrays_hold_out_a_tenth_unless_told(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "points.npz", train=np.arange(40.0).reshape(20, 2),
+             test=np.zeros((5, 2)))
+    points = ArrayData(str(tmp_path / "points.npz"))
+    assert len(points.train) == 18 and len(points.val) == 2
+    assert ArrayData(str(tmp_path / "points.npz"), n_val=0).val is None
+    np.savez(tmp_path / "images.npz", train=np.zeros((30, 4, 4), int),
+             test=np.zeros((5, 4, 4), int))
+    images = ImageArrayData(str(tmp_path / "images.npz"), n_val=5)
+    assert images.train.shape == (25, 1, 4, 4) and images.val.shape == (5, 1, 4, 4)
 
 
 def test_validation_is_carved_from_training_by_a_fixed_permutation():

@@ -110,7 +110,9 @@ def test_an_optuna_study_searches_learning_rate_and_width(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
                      "hydra.sweeper.sampler.seed=0", *TINY_TOY2D,
+                     f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert (tmp_path / "study.db").stat().st_size > 0  # the study kept in a file
     studied = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     runs = sorted(sweep.glob("*/metrics.json"))
     assert len(runs) == 3
@@ -146,3 +148,29 @@ def test_the_width_is_searched_only_where_the_model_has_one_and_nobody_fixed_it(
     assert set(suggested({"n_filters": 32}, {})) == {"model.n_filters"}
     assert suggested({"n_filters": 32}, {"model.n_filters": 8}) == {}
     assert suggested({"n_components": 8}, {}) == {}  # mixture_cdf: no width
+
+
+def test_a_diverged_job_does_not_end_the_sweep(tmp_path, monkeypatch):
+    """Job 0's loss is made NaN at every step (as a learning rate far too high would): it
+    ends, counted as inf (the worst result), and the sweep's other job still runs and the
+    table is still made."""
+    from hydra.core.hydra_config import HydraConfig
+
+    import flowtrain.training.loop as loop
+
+    real = loop.negative_log_likelihood
+
+    def nan_in_job_0(*args, **kwargs):
+        nll = real(*args, **kwargs)
+        return nll * float("nan") if HydraConfig.get().job.num == 0 else nll
+
+    monkeypatch.setattr(loop, "negative_log_likelihood", nan_in_job_0)
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", *TINY_RUN, "optim.lr=1e-1,1e-2", "train.max_nonfinite=2",
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert "this job diverged; the sweep goes on" in result.stdout + result.stderr
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert len(summary) == 2
+    finished, diverged = summary  # a job with results sorts before one without
+    assert "optim.lr=0.01" in finished["overrides"] and finished["best_val_nll"] is not None
+    assert "optim.lr=0.1" in diverged["overrides"] and diverged["steps"] is None

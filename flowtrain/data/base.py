@@ -52,8 +52,9 @@ def draw_splits(draw: Callable[[int, torch.Generator], Tensor], n_train: int, n_
 
 
 def default_n_val(n_train: int) -> int:
-    """10% of the training split, where a data set (your own file) has no fixed count."""
-    return n_train // 10
+    """10% of the training split (at least one example, when there are two), where a data
+    set (your own file) has no fixed count."""
+    return max(1, n_train // 10) if n_train >= 2 else 0
 
 
 class FlowData:
@@ -97,11 +98,21 @@ class FlowData:
     @property
     def discrete(self) -> bool:
         """Quantized data, whose NLL in bits per dimension is a code length; for continuous
-        points it is not, and they are reported in nats per point."""
+        points it is not (it can be negative, and depends on the data's units)."""
         return self.levels is not None
 
     @property
-    def shown(self) -> tuple[str, Tensor]:
+    def reported_as(self) -> str:
+        """The suffix of the result keys runs are compared by: ``bpd`` (bits per dimension)
+        for quantized data, ``nll`` (nats per point) for continuous points."""
+        return "bpd" if self.discrete else "nll"
+
+    @property
+    def unit(self) -> str:
+        return "bits/dim" if self.discrete else "nats per point"
+
+    @property
+    def points_for_pictures(self) -> tuple[str, Tensor]:
         """("validation", points), else ("training", points): what pictures draw data
         points from; never the test points, which stay untouched until the end."""
         return ("validation", self.val) if self.val is not None else ("training", self.train)
@@ -110,8 +121,8 @@ class FlowData:
         """The split called ``name`` (train, val or test); a clear error for a missing one."""
         values = {"train": self.train, "val": self.val, "test": self.test}[name]
         if values is None:
-            raise DataError(f"{self.name} has no validation split (data.n_val=0); evaluate "
-                            f"eval.split=test, or give data.n_val a count")
+            raise DataError(f"{self.name} has no validation split (data.n_val=0): there is "
+                            f"none to evaluate; use eval.split=test")
         return values
 
     def true_log_prob(self, x: Tensor) -> Tensor | None:

@@ -66,14 +66,7 @@ def mean_nll(model: FlowModel, preprocessing: Preprocessing, points: torch.Tenso
     return total.item() / len(points)
 
 
-def per_dim_key(split: str, data: FlowData) -> str:
-    """The key a split's result is compared by: ``{split}_bpd`` for quantized data (bits
-    per dimension, a code length) and ``{split}_nll`` for continuous points (nats per
-    point: bits/dim of a density is not a code length)."""
-    return f"{split}_bpd" if data.discrete else f"{split}_nll"
-
-
-def scored(split: str, nll: float, data: FlowData) -> dict[str, float]:
+def split_metrics(split: str, nll: float, data: FlowData) -> dict[str, float]:
     """{"val_nll": ..., "val_bpd": ...}: a split's mean NLL and, for quantized data, its
     bits per dimension."""
     return {f"{split}_nll": nll,
@@ -82,22 +75,22 @@ def scored(split: str, nll: float, data: FlowData) -> dict[str, float]:
 
 def evaluate_split(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
                    split: str, *, batch_size: int, device: torch.device, seed: int,
-                   nll: float | None = None, progress: bool = False) -> dict[str, Any]:
-    """``{split}_nll`` and, for quantized data, ``{split}_bpd`` (reusing ``nll`` when it is
-    already known); with ``dequant.eval_samples`` > 1 also the importance-weighted
-    ``{split}_nll_iw`` and ``{split}_bpd_iw``; where the data's density is known,
+                   progress: bool = False) -> dict[str, Any]:
+    """``{split}_nll`` and, for quantized data, ``{split}_bpd``; with
+    ``dequant.eval_samples`` > 1 also the importance-weighted ``{split}_nll_iw`` and
+    ``{split}_bpd_iw``; where the data's density is known,
     ``{split}_nll_true`` and the gap."""
     points = data.split(split)
     measure = {"batch_size": batch_size, "device": device, "seed": seed, "progress": progress}
-    if nll is None:
-        nll = mean_nll(model, preprocessing, points, **measure)
-    metrics: dict[str, Any] = scored(split, nll, data)
+    nll = mean_nll(model, preprocessing, points, **measure)
+    metrics: dict[str, Any] = split_metrics(split, nll, data)
     eval_samples = preprocessing.dequantizer.eval_samples
     if eval_samples > 1:
         nll_iw = mean_nll(model, preprocessing, points, n_samples=eval_samples, **measure)
-        metrics |= {f"{key}_iw": value for key, value in scored(split, nll_iw, data).items()}
+        metrics |= {f"{key}_iw": value
+                    for key, value in split_metrics(split, nll_iw, data).items()}
         metrics["eval_samples"] = eval_samples
-        key = per_dim_key(split, data)
+        key = f"{split}_{data.reported_as}"
         log.info("%s: %.5f (bound), %.5f (importance-weighted, %d samples)", key,
                  metrics[key], metrics[f"{key}_iw"], eval_samples)
     true_log_prob = data.true_log_prob(points)

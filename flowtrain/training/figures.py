@@ -22,10 +22,10 @@ from flowtrain.likelihood import Preprocessing, negative_log_likelihood  # noqa:
 @torch.no_grad()
 def density_1d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
                samples: torch.Tensor, grid_points: int = 1000) -> Figure:
-    """The learned density over a histogram of held-out data (``data.shown``), the model's
-    samples, and the truth."""
+    """The learned density over a histogram of held-out data
+    (``data.points_for_pictures``), the model's samples, and the truth."""
     device = next(model.parameters()).device
-    shown_as, points = data.shown
+    shown_as, points = data.points_for_pictures
     points = points.squeeze(1)
     low, high = torch.quantile(points, torch.tensor([0.001, 0.999])).tolist()
     margin = 0.1 * (high - low)
@@ -53,7 +53,7 @@ def latent_histogram(model: FlowModel, preprocessing: Preprocessing, data: FlowD
     """Histogram of z = f(x) on held-out data: flat when the flow maps the data onto its
     base."""
     device = next(model.parameters()).device
-    shown_as, points = data.shown
+    shown_as, points = data.points_for_pictures
     y, _ = preprocessing(points.to(device))
     z, _ = model(y)
     figure, axes = plt.subplots(figsize=(7, 3))
@@ -84,7 +84,7 @@ def density_2d(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
                samples: torch.Tensor, grid_points: int = 200) -> Figure:
     """Side by side: held-out data, log p on a grid, samples, and z = f(x) of the data."""
     device = next(model.parameters()).device
-    shown_as, points = data.shown
+    shown_as, points = data.points_for_pictures
     shown = points[:_MAX_SCATTER_POINTS]
     (x_low, x_high), (y_low, y_high) = _plot_range(points)
     xs = torch.linspace(x_low, x_high, grid_points)

@@ -34,8 +34,7 @@ from flowtrain.training.evaluation import (
     evaluate_split,
     evaluation_mode,
     mean_nll,
-    per_dim_key,
-    scored,
+    split_metrics,
 )
 from flowtrain.training.figures import figures_for
 from flowtrain.training.logger import RunLogger
@@ -224,8 +223,9 @@ class Trainer:
         return self.state.step % every == 0 or self.state.step == self.cfg.steps
 
     def run(self) -> dict[str, Any]:
-        """Train to ``train.steps`` (or a stop request), then measure the test split and
-        write metrics.json; returns the metrics (empty on ranks other than 0)."""
+        """Train to ``train.steps`` (or a stop request), then write metrics.json (with the
+        test split measured, when the run finished); returns the metrics (empty on ranks
+        other than 0)."""
         cfg, state = self.cfg, self.state
         main = self.ranks.is_main  # rank 0 alone writes; the other ranks only train
         if main:
@@ -246,12 +246,11 @@ class Trainer:
                 self.ranks.wait_for_all()  # until rank 0 has written the run's results
                 return {}
             metrics = self.final_metrics(first_step, clock.total_seconds,
-                                         time.perf_counter() - started)
+                                         time.perf_counter() - started,
+                                         finished=stopped_by is None)
             metrics["stopped_by"] = stopped_by
-            logger.scalars({f"test/{key.removeprefix('test_')}": metrics[key]
-                            for key in ("test_nll", "test_bpd", "test_bpd_iw",
-                                        "test_nll_at_best", "test_bpd_at_best")
-                            if key in metrics}, state.step)
+            logger.scalars(as_tags("test", {key: value for key, value in metrics.items()
+                                            if isinstance(value, float)}), state.step)
             self.log_hyperparameters(logger, metrics)
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         self.ranks.wait_for_all()
@@ -304,11 +303,10 @@ class Trainer:
         train_nll = state.window.take_mean()
         if train_nll is not None:  # None: every step since the last was skipped
             self.train_nll = train_nll
-            train = scored("train", train_nll, self.data)
-            scalars |= {f"train/{key.removeprefix('train_')}": value
-                        for key, value in train.items()}
-            progress.set_postfix({key.removeprefix("train_"): f"{value:.4f}"
-                                  for key, value in train.items()})
+            train = as_tags("train", split_metrics("train", train_nll, self.data))
+            scalars |= train
+            progress.set_postfix({tag.removeprefix("train/"): f"{value:.4f}"
+                                  for tag, value in train.items()})
         logger.scalars(scalars, state.step)
 
     def log_hyperparameters(self, logger: RunLogger, metrics: dict[str, Any]) -> None:
@@ -327,72 +325,72 @@ class Trainer:
         state = self.state
         val_nll = self.evaluate(self.data.val)
         self.last_val_nll = (state.step, val_nll)
-        val = scored("val", val_nll, self.data)
-        logger.scalars({f"val/{key.removeprefix('val_')}": value for key, value in val.items()},
-                       state.step)
-        log.info("step %d: val %.5f %s", state.step, val[per_dim_key("val", self.data)],
-                 self.per_dim_unit)
+        val = split_metrics("val", val_nll, self.data)
+        logger.scalars(as_tags("val", val), state.step)
+        log.info("step %d: val %.5f %s", state.step, val[f"val_{self.data.reported_as}"],
+                 self.data.unit)
         if val_nll < state.best_val_nll:
             state.best_val_nll, state.best_step = val_nll, state.step
             self.save("best.pt")
 
-    @property
-    def per_dim_unit(self) -> str:
-        return "bits/dim" if self.data.discrete else "nats per point"
-
-    def measure(self, split: str, nll: float | None = None) -> dict[str, Any]:
-        """A split's numbers for the weights evaluated now (``nll``: already measured)."""
-        return evaluate_split(*self.state.evaluated, self.data, split,
-                              batch_size=self.cfg.eval_batch_size, device=self.device,
-                              seed=self.seed, nll=nll)
-
     def test_nll_at_best(self, test_nll: float) -> float | None:
         """Test NLL of best.pt's weights (None without a best.pt): reused when best.pt is
-        the last model, else loaded into the evaluated modules for the measurement only."""
+        the last model, else loaded into the evaluated modules for this measurement only
+        (the weights there now wait on the CPU)."""
         state = self.state
         if state.best_step < 0:
             return None
         if state.best_step == state.step:
             return test_nll
+        path = self.checkpoint_dir / "best.pt"
         try:
-            saved = load_checkpoint(self.checkpoint_dir / "best.pt")
+            saved = load_checkpoint(path)
         except CheckpointError as error:
-            log.warning("test at best.pt not measured: %s", error)
+            log.warning("test of best.pt not measured: %s", error)
+            return None
+        if saved.get("step") != state.best_step:  # e.g. written by a killed run, not resumed to
+            log.warning("test of best.pt not measured: %s holds step %s, not the best step "
+                        "%d this run knows", path, saved.get("step"), state.best_step)
             return None
         modules = dict(zip(("model", "preprocessing"), state.evaluated, strict=True))
-        current = {name: {key: value.clone() for key, value in module.state_dict().items()}
+        current = {name: {key: value.detach().to("cpu", copy=True)
+                          for key, value in module.state_dict().items()}
                    for name, module in modules.items()}
         weights = evaluated_weights(saved)
         try:
             for name, module in modules.items():
                 module.load_state_dict(weights[name])
-            return mean_nll(*state.evaluated, self.data.test,
-                            batch_size=self.cfg.eval_batch_size, device=self.device,
-                            seed=self.seed)
+            return self.evaluate(self.data.test)
         finally:
             for name, module in modules.items():
                 module.load_state_dict(current[name])
 
-    def final_metrics(self, first_step: int, train_seconds: float, wall_seconds: float
-                      ) -> dict[str, Any]:
-        """The run's numbers: the last model on validation and test, best.pt's step,
-        validation and test results, and how the run went."""
+    def final_metrics(self, first_step: int, train_seconds: float, wall_seconds: float,
+                      finished: bool) -> dict[str, Any]:
+        """The run's numbers: best.pt's step and validation result, the last model's
+        validation result, and how the run went; for a ``finished`` run also the test
+        results of the last model and of best.pt, measured here, once. A run stopped early
+        (to be resumed) leaves the test split alone."""
         state, data = self.state, self.data
-        metrics: dict[str, Any] = {"steps": state.step}
+        metrics: dict[str, Any] = {"steps": state.step, "result_unit": data.reported_as}
         if self.train_nll is not None:
-            metrics |= scored("train", self.train_nll, data)
-        if data.val is not None:
-            known = self.last_val_nll  # measured at this step already: not again
-            metrics |= self.measure(
-                "val", known[1] if known is not None and known[0] == state.step else None)
+            metrics |= split_metrics("train", self.train_nll, data)
+        known = self.last_val_nll
+        if known is not None and known[0] == state.step:
+            metrics |= split_metrics("val", known[1], data)
+        elif data.val is not None and finished:
+            metrics |= split_metrics("val", self.evaluate(data.val), data)
         if state.best_step >= 0:
-            metrics |= scored("best_val", state.best_val_nll, data)
+            metrics |= split_metrics("best_val", state.best_val_nll, data)
             metrics["best_step"] = state.best_step
-        metrics |= self.measure("test")
-        test_at_best = self.test_nll_at_best(metrics["test_nll"])
-        if test_at_best is not None:
-            metrics |= {f"{key}_at_best": value
-                        for key, value in scored("test", test_at_best, data).items()}
+        if finished:
+            metrics |= evaluate_split(*state.evaluated, data, "test",
+                                      batch_size=self.cfg.eval_batch_size,
+                                      device=self.device, seed=self.seed)
+            test_at_best = self.test_nll_at_best(metrics["test_nll"])
+            if test_at_best is not None:
+                metrics |= {f"{key}_at_best": value
+                            for key, value in split_metrics("test", test_at_best, data).items()}
         steps_run = state.step - first_step
         return metrics | {
             "wall_s": wall_seconds,
@@ -402,3 +400,11 @@ class Trainer:
             "device": str(self.device),
             "nonfinite_steps": state.nonfinite.total,
         }
+
+
+def as_tags(split: str, metrics: dict[str, float]) -> dict[str, float]:
+    """{"val_nll": 1.2, "val_bpd": 0.9} -> {"val/nll": 1.2, "val/bpd": 0.9}: a split's
+    metrics as its TensorBoard tags."""
+    prefix = f"{split}_"
+    return {f"{split}/{key.removeprefix(prefix)}": value for key, value in metrics.items()
+            if key.startswith(prefix)}
