@@ -92,7 +92,8 @@ class RealNVPConfig:
 @dataclass
 class GlowConfig:
     _target_: str = "flowtrain.flows.glow.Glow"
-    levels: int = 3
+    # auto: the most levels, up to the paper's 3, that divide height and width
+    levels: Any = "auto"
     steps: int = 8
     n_filters: int = 32
     n_blocks: int = 1

@@ -209,10 +209,22 @@ def test_under_bf16_only_glows_networks_lose_precision():
     ((1, 8, 8), {"steps": 0}, "at least 1"),
     ((1, 8, 8), {"levels": 0}, "at least 1"),
     ((1, 8, 8), {"n_blocks": -1}, "n_blocks at least 0"),
+    ((1, 7, 8), {}, r"divisible by 2\*\*levels = 2; got 7x8"),  # auto: no level fits
+    ((1, 8, 8), {"levels": "many"}, "a number or auto"),
 ])
 def test_glow_names_the_shape_constraint(shape, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Glow(shape, **kwargs)
+
+
+@pytest.mark.parametrize("shape, levels", [((1, 28, 28), 2), ((3, 32, 32), 3), ((1, 8, 8), 3),
+                                           ((1, 4, 6), 1), ((3, 64, 64), 3)])
+def test_auto_levels_fit_the_images_up_to_the_papers_three(shape, levels):
+    """model=glow data=mnist works with the defaults: 28 = 4 x 7 takes two squeezes."""
+    flow = Glow(shape, steps=1, n_filters=4, n_blocks=0)
+    assert flow.levels == levels
+    z, _ = flow(torch.rand(2, *shape))
+    assert z.shape == (2, *shape)
 
 
 def test_glow_trains_on_digits_end_to_end(tmp_path):

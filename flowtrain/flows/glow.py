@@ -56,12 +56,32 @@ def glow_level(shape: tuple[int, int, int], levels: int, steps: int, n_filters: 
     return layers + [Unsqueeze()]
 
 
-class Glow(FlowModel):
-    """``model=glow``."""
+# The released CIFAR-10 model's levels (openai/glow, README.md: --n_level 3): the most
+# that ``levels=auto`` picks.
+PAPER_LEVELS = 3
 
-    def __init__(self, event_shape: tuple[int, ...], levels: int = 3, steps: int = 8,
-                 n_filters: int = 32, n_blocks: int = 1):
+
+def auto_levels(height: int, width: int) -> int:
+    """The most levels, up to the paper's, whose squeezes divide height and width (at
+    least 1: an odd side is refused with the constraint)."""
+    levels = 1
+    while levels < PAPER_LEVELS and height % 2 ** (levels + 1) == 0 \
+            and width % 2 ** (levels + 1) == 0:
+        levels += 1
+    return levels
+
+
+class Glow(FlowModel):
+    """``model=glow``. ``levels="auto"`` (the default) fits the images: 3 levels for
+    32x32 and 8x8, 2 for MNIST's 28x28; a number is used as given."""
+
+    def __init__(self, event_shape: tuple[int, ...], levels: int | str = "auto",
+                 steps: int = 8, n_filters: int = 32, n_blocks: int = 1):
         channels, height, width = image_shape(event_shape, "model=glow", FOR_POINTS)
+        if levels == "auto":
+            levels = auto_levels(height, width)
+        elif not isinstance(levels, int):
+            raise ConfigError(f"model.levels must be a number or auto; got {levels!r}")
         if min(levels, steps, n_filters) < 1 or n_blocks < 0:
             raise ConfigError(f"model.levels, model.steps and model.n_filters must be at "
                               f"least 1 and model.n_blocks at least 0; got levels={levels}, "
@@ -74,3 +94,4 @@ class Glow(FlowModel):
                               f"the images.")
         layers = glow_level((channels, height, width), levels, steps, n_filters, n_blocks)
         super().__init__(layers, StandardNormal(tuple(event_shape)))
+        self.levels = levels
