@@ -19,6 +19,7 @@ from omegaconf import MISSING, OmegaConf
 
 from flowtrain.data.images import TorchvisionName
 from flowtrain.data.toy2d import Toy2DName
+from flowtrain.flows.coupling import Block
 from flowtrain.flows.mixture import Family
 from flowtrain.flows.pixelcnn import Network
 from flowtrain.search import register_optuna_preset
@@ -87,6 +88,7 @@ class RealNVPConfig:
     checkerboard_in: int = 4
     channelwise: int = 3
     checkerboard_out: int = 3
+    residual_block: Block = Block.basic  # basic: 3x3 -> 3x3; bottleneck: the seed's 1x1-3x3-1x1
 
 
 @dataclass

@@ -138,3 +138,14 @@ def test_actnorm_initializes_once_even_after_loading_an_uninitialized_state():
     actnorm.load_state_dict(fresh_state)
     actnorm(torch.randn(8, 1, 2, 2) * 5 + 2)
     assert bool(actnorm.initialized) and actnorm.bias.item() != 0
+
+
+@pytest.mark.parametrize("block, count", [("basic", 388_370), ("bottleneck", 246_290)])
+def test_parameter_counts_of_both_residual_blocks(block, count):
+    """32 filters, 2 blocks on 1x8x8 (the no-argument run), 10 couplings. Per coupling on
+    C channels: the weight-normalized 3x3 in (9*C*32 + 32 + 32), the blocks, the plain
+    zero-initialized 3x3 out (9*32*2C + 2C), the log-scale's scale and shift (2C) and
+    ActNorm (2C). A weight-normalized k x k convolution 32 -> 32 has 1024k^2 + 32 + 32:
+    basic blocks 2 x 9280, bottleneck blocks 1088 + 9280 + 1088."""
+    model = RealNVP((1, 8, 8), n_filters=32, n_blocks=2, residual_block=block)
+    assert sum(parameter.numel() for parameter in model.parameters()) == count

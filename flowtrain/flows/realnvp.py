@@ -20,27 +20,35 @@ from flowtrain.flows.base import (
     StandardNormal,
     image_shape,
 )
-from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask, checkerboard_mask
+from flowtrain.flows.coupling import (
+    AffineCoupling,
+    Block,
+    ResNet,
+    channel_mask,
+    checkerboard_mask,
+)
 from flowtrain.flows.reshape import Squeeze, Unsqueeze
 
 
 def _couplings(make_mask: Callable[[tuple[int, int, int], int], Tensor],
                shape: tuple[int, int, int], count: int, n_filters: int,
-               n_blocks: int) -> list[Bijection]:
+               n_blocks: int, block: Block) -> list[Bijection]:
     """``count`` couplings with alternating masks, each followed by ActNorm."""
     channels = shape[0]
     layers: list[Bijection] = []
     for index in range(count):
-        coupling_net = ResNet(channels, 2 * channels, n_filters, n_blocks)
+        coupling_net = ResNet(channels, 2 * channels, n_filters, n_blocks, block=block)
         layers += [AffineCoupling(make_mask(shape, index % 2), coupling_net), ActNorm(channels)]
     return layers
 
 
 class RealNVP(FlowModel):
-    """``model=realnvp``."""
+    """``model=realnvp``. ``residual_block``: ``basic`` (two 3x3 convolutions a block) or
+    ``bottleneck`` (the seed's 1x1 -> 3x3 -> 1x1)."""
 
     def __init__(self, event_shape: tuple[int, ...], n_filters: int = 32, n_blocks: int = 2,
-                 checkerboard_in: int = 4, channelwise: int = 3, checkerboard_out: int = 3):
+                 checkerboard_in: int = 4, channelwise: int = 3, checkerboard_out: int = 3,
+                 residual_block: Block | str = Block.basic):
         channels, height, width = image_shape(event_shape, "model=realnvp", FOR_POINTS)
         if height % 2 or width % 2:
             raise ConfigError(f"RealNVP needs even height and width (it squeezes 2x2 patches "
@@ -50,11 +58,12 @@ class RealNVP(FlowModel):
                               "model.n_blocks at least 0")
         image = (channels, height, width)
         squeezed = (4 * channels, height // 2, width // 2)
+        network = {"n_filters": n_filters, "n_blocks": n_blocks, "block": Block(residual_block)}
         layers = (
-            _couplings(checkerboard_mask, image, checkerboard_in, n_filters, n_blocks)
+            _couplings(checkerboard_mask, image, checkerboard_in, **network)
             + [Squeeze()]
-            + _couplings(channel_mask, squeezed, channelwise, n_filters, n_blocks)
+            + _couplings(channel_mask, squeezed, channelwise, **network)
             + [Unsqueeze()]
-            + _couplings(checkerboard_mask, image, checkerboard_out, n_filters, n_blocks)
+            + _couplings(checkerboard_mask, image, checkerboard_out, **network)
         )
         super().__init__(layers, StandardNormal(tuple(event_shape)))
