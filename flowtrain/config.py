@@ -89,6 +89,8 @@ class RealNVPConfig:
     channelwise: int = 3
     checkerboard_out: int = 3
     residual_block: Block = Block.basic  # basic: 3x3 -> 3x3; bottleneck: the seed's 1x1-3x3-1x1
+    # 1: single-scale, shaped by the three counts above; more: the paper's multi-scale model
+    scales: int = 1
 
 
 @dataclass

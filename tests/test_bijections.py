@@ -141,6 +141,8 @@ MODELS = {
     "realnvp-3x4x4": lambda: RealNVP((3, 4, 4), n_filters=4, n_blocks=1, checkerboard_in=2,
                                      channelwise=2, checkerboard_out=1),
     "realnvp-2x2x6": lambda: RealNVP((2, 2, 6), n_filters=3, n_blocks=0),
+    "realnvp-2scales-1x4x4": lambda: RealNVP((1, 4, 4), n_filters=3, n_blocks=1, scales=2),
+    "realnvp-3scales-2x4x4": lambda: RealNVP((2, 4, 4), n_filters=3, n_blocks=0, scales=3),
     "realnvp-bottleneck-3x4x4": lambda: RealNVP((3, 4, 4), n_filters=4, n_blocks=2,
                                                 checkerboard_in=2, channelwise=1,
                                                 checkerboard_out=1,

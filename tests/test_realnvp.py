@@ -80,13 +80,34 @@ def test_realnvp_inverts_to_1e4_in_float32():
     assert (flow.inverse(z) - x).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("shape, message", [
-    ((1, 28, 27), "even height and width"),
-    ((1, 28), "takes images"),
+@pytest.mark.parametrize("shape, kwargs, message", [
+    ((1, 28, 27), {}, "even height and width"),
+    ((1, 28), {}, "takes images"),
+    ((1, 6, 6), {"scales": 3}, "divisible by 4 .model.scales=3 squeezes 2 times.*lower model"),
+    ((1, 8, 8), {"scales": 2, "channelwise": 2}, "shape the single-scale model"),
+    ((1, 8, 8), {"scales": 0}, "at least 1"),
 ])
-def test_realnvp_names_the_shape_constraint(shape, message):
+def test_realnvp_names_the_shape_constraint(shape, kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        RealNVP(shape)
+        RealNVP(shape, **kwargs)
+
+
+@pytest.mark.parametrize("scales, couplings", [(1, 10), (2, 3 + 3 + 4), (3, 3 + 3 + 3 + 3 + 4)])
+def test_every_scale_has_the_papers_couplings_and_factors_out_half(scales, couplings):
+    """Section 3.6: 3 checkerboard, squeeze, 3 channel-wise per scale, the last scale 4
+    checkerboard; the variables factored out at a scale are not touched after it."""
+    from flowtrain.flows.coupling import AffineCoupling
+    from flowtrain.flows.multiscale import OnKeptHalf
+
+    flow = RealNVP((1, 8, 8), n_filters=4, n_blocks=1, scales=scales)
+    assert sum(isinstance(module, AffineCoupling) for module in flow.modules()) == couplings
+    finer = [module for module in flow.modules() if isinstance(module, OnKeptHalf)]
+    assert len(finer) == scales - 1
+    if finer:
+        kept = torch.randn(2, 2, 4, 4)
+        factored = torch.randn(2, 2, 4, 4)
+        out, _ = finer[0](torch.cat([kept, factored], dim=1))
+        assert torch.equal(out[:, 2:], factored)  # straight to the Gaussian base
 
 
 def _perturbed_realnvp(shape=(1, 4, 4)) -> RealNVP:
