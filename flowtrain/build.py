@@ -76,14 +76,20 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
     with ranks.main_first():  # one download, not one per rank
         data: FlowData = instantiate(cfg.data)
     model, preprocessing = build_flow(cfg, data, device)
+    log.info("%s on %s %s: %s parameters", type(model).__name__, data.name,
+             "x".join(map(str, data.event_shape)),
+             f"{sum(parameter.numel() for parameter in model.parameters()):,}")
     # A learned dequantizer trains with the model, on the same loss.
-    optimizer = build_optimizer(cfg.optim, [*model.parameters(), *preprocessing.parameters()])
+    optimizer = build_optimizer(cfg.optim, [*model.named_parameters(prefix="model"),
+                                            *preprocessing.named_parameters(
+                                                prefix="preprocessing")])
     state = TrainingState(
         model=model,
         preprocessing=preprocessing,
         optimizer=optimizer,
         scheduler=build_scheduler(cfg.optim, optimizer, cfg.train.steps),
-        batches=BatchStream(data.train, cfg.train.batch_size, seed=cfg.seed),
+        batches=BatchStream(data.train, cfg.train.batch_size, seed=cfg.seed,
+                            hflip=data.hflip),
         device=device,
         # Copied before the trainer compiles the model, and before any checkpoint is loaded.
         average=(WeightAverage({"model": model, "preprocessing": preprocessing},

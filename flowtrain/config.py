@@ -54,6 +54,11 @@ class Split(str, Enum):
     val = "val"
 
 
+class WeightDecayOn(str, Enum):
+    all = "all"
+    weight_scales = "weight_scales"  # the g of weight-normalized layers (RealNVP's L2)
+
+
 class Task(str, Enum):
     train = "train"
     eval = "eval"  # bits/dim of the checkpoint named by ckpt=... on eval.split: eval.json
@@ -158,6 +163,7 @@ class ImageArrayConfig:
     levels: int = 256
     # of the file's training images; null: 10% of them; 0: none (no selection)
     n_val: Optional[int] = None  # noqa: UP045
+    hflip: bool = False  # mirror training images left to right at random
 
 
 @dataclass
@@ -167,6 +173,7 @@ class TorchvisionConfig:
     root: str = "data"
     download: bool = False
     n_val: int = 5_000  # of the training images; 0: none (no selection)
+    hflip: bool = False  # mirror training images left to right at random (RealNVP on CIFAR-10)
 
 
 @dataclass
@@ -223,6 +230,9 @@ class OptimConfig:
     schedule: Schedule = Schedule.cosine
     warmup_steps: int = 100
     min_lr_ratio: float = 0.01
+    # which parameters weight_decay applies to: all, or weight_scales (only the scales g
+    # of weight-normalized layers: RealNVP's "L2 regularization on the weight scale")
+    weight_decay_on: WeightDecayOn = WeightDecayOn.all
 
 
 @dataclass

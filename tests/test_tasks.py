@@ -206,6 +206,25 @@ def test_every_preset_composes_and_takes_overrides_on_top(preset, tmp_path):
     assert pinned["optim"]["schedule"] == cfg["optim"]["schedule"]
 
 
+# The parameter count each paper preset's model has on its data's image shape (also in
+# the preset's comment and printed when a run starts).
+PRESET_PARAMETERS = {"realnvp_cifar10": ((3, 32, 32), 6_039_646),
+                     "realnvp_mnist": ((1, 28, 28), 5_959_882)}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_PARAMETERS))
+def test_paper_presets_build_their_models_at_the_stated_size(preset, tmp_path):
+    import yaml
+    from hydra.utils import instantiate
+
+    shape, count = PRESET_PARAMETERS[preset]
+    result = run_cli(f"experiment={preset}", "--cfg", "job", cwd=tmp_path)
+    model = instantiate(yaml.safe_load(result.stdout)["model"], event_shape=shape)
+    assert sum(parameter.numel() for parameter in model.parameters()) == count
+    assert f"{count:,} parameters" in (REPO / "conf" / "experiment" / f"{preset}.yaml"
+                                       ).read_text()
+
+
 QUICK = {"digits_realnvp": ["model.n_filters=8", "model.n_blocks=1", "train.steps=4",
                             "train.eval_every=2", "train.sample_every=4",
                             "train.checkpoint_every=2", "train.log_every=2"],

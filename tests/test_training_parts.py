@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from torch import nn
 
 from flowtrain.config import Schedule
 from flowtrain.errors import CheckpointError, ConfigError
@@ -38,6 +39,26 @@ def test_batch_stream_sees_every_example_once_per_epoch():
     stream = BatchStream(torch.arange(12).unsqueeze(1), batch_size=4, seed=0)
     epoch = torch.cat([stream.next() for _ in range(3)]).flatten()
     assert sorted(epoch.tolist()) == list(range(12))
+
+
+def test_mirrored_batches_are_mirror_images_and_replay_on_resume():
+    images = torch.arange(64 * 6).view(64, 1, 2, 3)  # every image differs from its mirror
+    stream = BatchStream(images, batch_size=16, seed=0, hflip=True)
+    plain = BatchStream(images, batch_size=16, seed=0)
+    mirrored = 0
+    for _ in range(4):  # one epoch: the same order as without flips
+        batch, unflipped = stream.next(), plain.next()
+        same = (batch == unflipped).flatten(1).all(dim=1)
+        assert torch.equal(batch[~same], unflipped[~same].flip(-1))
+        mirrored += int((~same).sum())
+    assert 16 < mirrored < 48  # about half
+    saved = stream.state_dict()
+    expected = [stream.next() for _ in range(6)]
+    resumed = BatchStream(images, batch_size=16, seed=5, hflip=True)
+    resumed.load_state_dict(saved)
+    assert all(torch.equal(a, resumed.next()) for a in expected)
+    with pytest.raises(ConfigError, match="data.hflip mirrors images"):
+        BatchStream(torch.zeros(8, 2), batch_size=4, seed=0, hflip=True)
 
 
 def test_batch_larger_than_data_is_refused():
@@ -208,3 +229,28 @@ def test_the_weight_average_starts_at_the_first_step_and_skips_nonfinite_ones(tm
     trainer.train_step(poisoned)
     assert state.average.updates == 2
     assert all(torch.equal(averaged.state_dict()[name], value) for name, value in before.items())
+
+
+def test_weight_decay_on_weight_scales_only_decays_the_g_of_weight_norm():
+    """RealNVP's L2 penalty (Section 4.1) is on the weight scales: a step with a zero
+    gradient moves the g of every weight-normalized layer and nothing else."""
+    from omegaconf import OmegaConf
+
+    from flowtrain.flows.realnvp import RealNVP
+    from flowtrain.training.optim import build_optimizer
+
+    model = RealNVP((1, 4, 4), n_filters=4, n_blocks=1)
+    cfg = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 1.0, "weight_decay": 0.5,
+                            "schedule": "constant", "warmup_steps": 0, "min_lr_ratio": 1.0,
+                            "weight_decay_on": "weight_scales"})
+    optimizer = build_optimizer(cfg, model.named_parameters())
+    before = {name: value.detach().clone() for name, value in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    moved = {name for name, value in model.named_parameters()
+             if not torch.equal(value, before[name])}
+    scales = {name for name in before if name.endswith("parametrizations.weight.original0")}
+    assert scales and moved == scales
+    with pytest.raises(ConfigError, match="this model has none"):
+        build_optimizer(cfg, nn.Linear(2, 2).named_parameters())

@@ -103,5 +103,7 @@ class ArrayData(FlowData):
 class ImageArrayData(ArrayData):
     """``data=image_array data.path=FILE.npz``: integer images with ``levels`` values."""
 
-    def __init__(self, path: str, levels: int = 256, n_val: int | None = None):
+    def __init__(self, path: str, levels: int = 256, n_val: int | None = None,
+                 hflip: bool = False):
         super().__init__(path, standardize=False, levels=levels, images=True, n_val=n_val)
+        self.hflip = hflip

@@ -61,15 +61,16 @@ class FlowData:
     """Train, validation and test tensors of shape [N, *event_shape], held in memory.
 
     ``val`` (None when there is none) is what training evaluates and selects on; the test
-    split is measured once, at the end. ``levels`` is the number of discrete values per
-    dimension for quantized data (None for continuous data); ``standardize`` asks for a
-    fixed affine map to zero mean and unit variance in front of the model, whose log-det
-    keeps the likelihood in data units.
+    split is measured once, at the end. ``hflip`` asks for training images mirrored left
+    to right at random (for data where a mirror image is as likely). ``levels`` is the
+    number of discrete values per dimension for quantized data (None for continuous
+    data); ``standardize`` asks for a fixed affine map to zero mean and unit variance in
+    front of the model, whose log-det keeps the likelihood in data units.
     """
 
     def __init__(self, train: Tensor, test: Tensor, *, name: str,
                  levels: int | None = None, standardize: bool = False,
-                 val: Tensor | None = None):
+                 val: Tensor | None = None, hflip: bool = False):
         splits = {"train": train, "test": test, **({"val": val} if val is not None else {})}
         for split, values in splits.items():
             if values.ndim < 2:
@@ -86,6 +87,7 @@ class FlowData:
         self.name = name
         self.levels = levels
         self.standardize = standardize
+        self.hflip = hflip  # training batches mirrored at random (data.hflip)
 
     @property
     def event_shape(self) -> tuple[int, ...]:

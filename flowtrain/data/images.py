@@ -55,7 +55,7 @@ class TorchvisionImages(FlowData):
     validation split is ``n_val`` of the training images."""
 
     def __init__(self, name: TorchvisionName | str, root: str = "data",
-                 download: bool = False, n_val: int = 5000):
+                 download: bool = False, n_val: int = 5000, hflip: bool = False):
         name = TorchvisionName(name)
         folder = Path(root).expanduser()
         dataset_class = _torchvision_class(name)
@@ -75,7 +75,8 @@ class TorchvisionImages(FlowData):
             splits[split] = as_images(dataset.data, channels_last=name is
                                       TorchvisionName.cifar10)
         train, val = carve_validation(splits["train"], n_val, name.value)
-        super().__init__(train, splits["test"], name=name.value, levels=256, val=val)
+        super().__init__(train, splits["test"], name=name.value, levels=256, val=val,
+                         hflip=hflip)
 
 
 class Digits(FlowData):

@@ -14,13 +14,19 @@ class BatchStream:
     The state is the generator's state at the start of the current epoch plus the position
     in it, so a resumed run replays exactly the order an uninterrupted run would see.
     Incomplete last batches are dropped so every step sees ``batch_size`` examples.
+    ``hflip``: each image [C, H, W] is mirrored left to right with probability 1/2; the
+    coin flips of an epoch are drawn with its order, so a resumed run replays them too.
     """
 
-    def __init__(self, data: Tensor, batch_size: int, seed: int):
+    def __init__(self, data: Tensor, batch_size: int, seed: int, hflip: bool = False):
         if batch_size > len(data):
             raise ConfigError(f"train.batch_size={batch_size} is larger than the training set "
                              f"({len(data)} examples); lower train.batch_size.")
+        if hflip and data.ndim != 4:
+            raise ConfigError(f"data.hflip mirrors images [N, C, H, W]; this data has shape "
+                              f"{tuple(data.shape)}. Leave data.hflip=false.")
         self.data = data
+        self.hflip = hflip
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
@@ -29,6 +35,8 @@ class BatchStream:
     def _start_epoch(self) -> None:
         self._epoch_start_state = self.generator.get_state()
         self._order = torch.randperm(len(self.data), generator=self.generator)
+        self._mirrored = (torch.rand(len(self.data), generator=self.generator) < 0.5
+                          if self.hflip else None)
         self._position = 0
 
     def next(self) -> Tensor:
@@ -37,7 +45,10 @@ class BatchStream:
             self._start_epoch()
         index = self._order[self._position:self._position + self.batch_size]
         self._position += self.batch_size
-        return self.data[index]
+        batch = self.data[index]
+        if self._mirrored is None:
+            return batch
+        return torch.where(self._mirrored[index].view(-1, 1, 1, 1), batch.flip(-1), batch)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self._position,

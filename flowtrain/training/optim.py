@@ -8,20 +8,41 @@ from collections.abc import Iterable
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from flowtrain.config import Schedule
+from flowtrain.config import Schedule, WeightDecayOn
+from flowtrain.errors import ConfigError
 
-# Keys of the optim group that shape the schedule rather than the torch optimizer.
-_SCHEDULE_KEYS = ("schedule", "warmup_steps", "min_lr_ratio")
+# Keys of the optim group that shape the schedule or the parameter groups rather than the
+# torch optimizer.
+_NOT_FOR_THE_OPTIMIZER = ("schedule", "warmup_steps", "min_lr_ratio", "weight_decay_on")
+# How torch's weight normalization names a layer's scale g (its direction v: original1).
+_WEIGHT_SCALE_SUFFIX = "parametrizations.weight.original0"
 
 
-def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]
+def build_optimizer(cfg: DictConfig, named_parameters: Iterable[tuple[str, nn.Parameter]]
                     ) -> torch.optim.Optimizer:
-    """The torch optimizer named by ``_target_``, with every other non-schedule key."""
+    """The torch optimizer named by ``_target_``, with every other optimizer key. With
+    ``weight_decay_on=weight_scales`` the weight decay applies to the scales g of the
+    weight-normalized layers alone (RealNVP's L2 penalty, Section 4.1), not to every
+    weight."""
     options = OmegaConf.to_container(cfg, resolve=True)
-    for key in _SCHEDULE_KEYS:
+    for key in _NOT_FOR_THE_OPTIMIZER:
         options.pop(key, None)
-    return instantiate(options, params=list(params))
+    named = list(named_parameters)
+    # partial: Hydra would turn parameter groups (dicts) into configs on the way
+    optimizer_class = instantiate(options, _partial_=True)
+    if WeightDecayOn(cfg.weight_decay_on) is WeightDecayOn.all:
+        return optimizer_class(params=[parameter for _, parameter in named])
+    scales = [parameter for name, parameter in named if name.endswith(_WEIGHT_SCALE_SUFFIX)]
+    if not scales:
+        raise ConfigError("optim.weight_decay_on=weight_scales decays the scales of "
+                          "weight-normalized layers, and this model has none; use "
+                          "optim.weight_decay_on=all")
+    others = [parameter for name, parameter in named
+              if not name.endswith(_WEIGHT_SCALE_SUFFIX)]
+    groups = [{"params": scales}, {"params": others, "weight_decay": 0.0}]
+    return optimizer_class(params=groups)
 
 
 def lr_factor(step: int, schedule: Schedule, warmup_steps: int, total_steps: int,
