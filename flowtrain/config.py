@@ -20,6 +20,8 @@ from omegaconf import MISSING, OmegaConf
 from flowtrain.data.images import TorchvisionName
 from flowtrain.data.toy2d import Toy2DName
 from flowtrain.flows.coupling import Block
+from flowtrain.flows.glow import GlowNetwork
+from flowtrain.flows.glow_coupling import GlowCoupling
 from flowtrain.flows.mixture import Family
 from flowtrain.flows.pixelcnn import Network
 from flowtrain.search import register_optuna_preset
@@ -105,7 +107,9 @@ class GlowConfig:
     levels: Any = "auto"
     steps: int = 8
     n_filters: int = 32
-    n_blocks: int = 1
+    n_blocks: int = 1  # residual blocks of the resnet network (the released one has none)
+    network: GlowNetwork = GlowNetwork.resnet  # resnet | released (openai/glow's)
+    coupling: GlowCoupling = GlowCoupling.affine  # affine | additive (network=released)
 
 
 @dataclass
@@ -248,6 +252,13 @@ class AdamWConfig(AdamConfig):
 
 
 @dataclass
+class AdamaxConfig(AdamConfig):
+    """Adam with an infinity norm in place of the second moment: Glow's optimizer."""
+
+    _target_: str = "torch.optim.Adamax"
+
+
+@dataclass
 class SGDConfig(OptimConfig):
     _target_: str = "torch.optim.SGD"
     momentum: float = 0.9
@@ -333,7 +344,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
              "torchvision": TorchvisionConfig, "digits": DigitsConfig},
     "dequant": {"none": NoDequantConfig, "uniform": UniformDequantConfig,
                 "auto": AutoDequantConfig, "variational": VariationalDequantConfig},
-    "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
+    "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "adamax": AdamaxConfig,
+              "sgd": SGDConfig},
 }
 
 

@@ -12,6 +12,8 @@ N(0, I) base, and ``sample(temperature=T)`` is Glow's temperature sampling.
 
 from __future__ import annotations
 
+from enum import Enum
+
 from flowtrain.errors import ConfigError
 from flowtrain.flows.actnorm import ActNorm
 from flowtrain.flows.base import (
@@ -22,22 +24,37 @@ from flowtrain.flows.base import (
     image_shape,
 )
 from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask
+from flowtrain.flows.glow_coupling import GlowCoupling, ReleasedGlowCoupling
 from flowtrain.flows.invconv import InvertibleConv1x1
 from flowtrain.flows.multiscale import LearnedPrior, OnKeptHalf, SplitPrior
 from flowtrain.flows.reshape import Squeeze, Unsqueeze
 
 
+class GlowNetwork(str, Enum):
+    """``model.network``: the coupling network of each step."""
+
+    resnet = "resnet"  # flowtrain's ResNet (n_blocks residual blocks), tanh-bounded scale
+    released = "released"  # the released code's 3x3 -> 1x1 -> zero 3x3, sigmoid(h + 2) scale
+
+
 def glow_step(shape: tuple[int, int, int], parity: int, n_filters: int,
-              n_blocks: int) -> list[Bijection]:
-    """ActNorm -> invertible 1x1 convolution -> affine coupling on half the channels."""
+              n_blocks: int, network: GlowNetwork, coupling: GlowCoupling
+              ) -> list[Bijection]:
+    """ActNorm -> invertible 1x1 convolution -> coupling on half the channels: the
+    released one (always the first half conditioning the second, as released) or
+    flowtrain's affine coupling with a ResNet (halves alternating with ``parity``)."""
     channels = shape[0]
-    coupling_net = ResNet(channels, 2 * channels, n_filters, n_blocks)
-    return [ActNorm(channels), InvertibleConv1x1(channels),
-            AffineCoupling(channel_mask(shape, parity), coupling_net)]
+    if network is GlowNetwork.released:
+        coupling_layer: Bijection = ReleasedGlowCoupling(channels, n_filters, coupling)
+    else:
+        coupling_net = ResNet(channels, 2 * channels, n_filters, n_blocks)
+        coupling_layer = AffineCoupling(channel_mask(shape, parity), coupling_net)
+    return [ActNorm(channels), InvertibleConv1x1(channels), coupling_layer]
 
 
 def glow_level(shape: tuple[int, int, int], levels: int, steps: int, n_filters: int,
-               n_blocks: int) -> list[Bijection]:
+               n_blocks: int, network: GlowNetwork, coupling: GlowCoupling
+               ) -> list[Bijection]:
     """Squeeze, K steps, then split with the finer ``levels - 1`` levels on the kept half
     (or the learned top prior when this is the last level), unsqueeze."""
     channels, height, width = shape
@@ -46,13 +63,13 @@ def glow_level(shape: tuple[int, int, int], levels: int, steps: int, n_filters: 
     for index in range(steps):
         # Alternating halves: every channel is transformed even while the 1x1
         # convolutions are still close to their initial rotation.
-        layers += glow_step(squeezed, index % 2, n_filters, n_blocks)
+        layers += glow_step(squeezed, index % 2, n_filters, n_blocks, network, coupling)
     if levels == 1:
         layers.append(LearnedPrior(squeezed))
     else:
         kept = (2 * channels, height // 2, width // 2)
-        layers += [SplitPrior(squeezed[0]),
-                   OnKeptHalf(glow_level(kept, levels - 1, steps, n_filters, n_blocks))]
+        finer = glow_level(kept, levels - 1, steps, n_filters, n_blocks, network, coupling)
+        layers += [SplitPrior(squeezed[0]), OnKeptHalf(finer)]
     return layers + [Unsqueeze()]
 
 
@@ -73,10 +90,18 @@ def auto_levels(height: int, width: int) -> int:
 
 class Glow(FlowModel):
     """``model=glow``. ``levels="auto"`` (the default) fits the images: 3 levels for
-    32x32 and 8x8, 2 for MNIST's 28x28; a number is used as given."""
+    32x32 and 8x8, 2 for MNIST's 28x28; a number is used as given. ``network``: ``resnet``
+    (flowtrain's coupling, ``n_blocks`` residual blocks) or ``released`` (openai/glow's,
+    with ``coupling`` affine or additive)."""
 
     def __init__(self, event_shape: tuple[int, ...], levels: int | str = "auto",
-                 steps: int = 8, n_filters: int = 32, n_blocks: int = 1):
+                 steps: int = 8, n_filters: int = 32, n_blocks: int = 1,
+                 network: GlowNetwork | str = GlowNetwork.resnet,
+                 coupling: GlowCoupling | str = GlowCoupling.affine):
+        network, coupling = GlowNetwork(network), GlowCoupling(coupling)
+        if network is GlowNetwork.resnet and coupling is GlowCoupling.additive:
+            raise ConfigError("model.coupling=additive is the released coupling's option: "
+                              "add model.network=released")
         channels, height, width = image_shape(event_shape, "model=glow", FOR_POINTS)
         if levels == "auto":
             levels = auto_levels(height, width)
@@ -92,6 +117,7 @@ class Glow(FlowModel):
                               f"height and width must be divisible by 2**levels = {factor}; "
                               f"got {height}x{width}. Lower model.levels, or pad or crop "
                               f"the images.")
-        layers = glow_level((channels, height, width), levels, steps, n_filters, n_blocks)
+        layers = glow_level((channels, height, width), levels, steps, n_filters, n_blocks,
+                            network, coupling)
         super().__init__(layers, StandardNormal(tuple(event_shape)))
         self.levels = levels
