@@ -178,6 +178,7 @@ class TorchvisionConfig:
     download: bool = False
     n_val: int = 5_000  # of the training images; 0: none (no selection)
     hflip: bool = False  # mirror training images left to right at random (RealNVP on CIFAR-10)
+    bits: int = 8  # < 8: keep that many bits per value (Glow's 5-bit models); 2**bits levels
 
 
 @dataclass

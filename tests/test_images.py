@@ -64,6 +64,16 @@ def test_mnist_files_load_through_torchvision(tmp_path):
     assert data.train.dtype == torch.uint8 and data.levels == 256
 
 
+def test_fewer_bits_keep_the_top_bits_and_count_their_levels(tmp_path):
+    write_fake_mnist(tmp_path)
+    full = TorchvisionImages("mnist", root=str(tmp_path), n_val=0)
+    five = TorchvisionImages("mnist", root=str(tmp_path), n_val=0, bits=5)
+    assert five.levels == 32 and int(five.train.max()) <= 31
+    assert torch.equal(five.train, full.train // 8) and torch.equal(five.test, full.test // 8)
+    with pytest.raises(DataError, match="data.bits must be between 1 and 8"):
+        TorchvisionImages("mnist", root=str(tmp_path), bits=9)
+
+
 def test_fashion_mnist_files_load_through_torchvision(tmp_path):
     write_fake_mnist(tmp_path, folder="FashionMNIST")
     data = TorchvisionImages("fashion_mnist", root=str(tmp_path), n_val=0)

@@ -50,12 +50,22 @@ def looks_channels_last(shape: tuple[int, ...]) -> bool:
     return len(shape) == 4 and shape[3] in (1, 3, 4) and min(shape[1:3]) > 4
 
 
+def fewer_bits(images: Tensor, bits: int) -> Tensor:
+    """8-bit images kept at their ``bits`` most significant bits, values 0 .. 2**bits - 1
+    (Glow's --n_bits_x: floor(x / 2**(8 - bits)))."""
+    if not 1 <= bits <= 8:
+        raise DataError(f"data.bits must be between 1 and 8; got {bits}")
+    return images // 2 ** (8 - bits)
+
+
 class TorchvisionImages(FlowData):
     """``data=mnist|fashion_mnist|cifar10``: both splits through torchvision; the
-    validation split is ``n_val`` of the training images."""
+    validation split is ``n_val`` of the training images. ``bits`` < 8 keeps that many
+    bits of each value, and bits/dim are then counted over 2**bits levels."""
 
     def __init__(self, name: TorchvisionName | str, root: str = "data",
-                 download: bool = False, n_val: int = 5000, hflip: bool = False):
+                 download: bool = False, n_val: int = 5000, hflip: bool = False,
+                 bits: int = 8):
         name = TorchvisionName(name)
         folder = Path(root).expanduser()
         dataset_class = _torchvision_class(name)
@@ -72,10 +82,10 @@ class TorchvisionImages(FlowData):
                 raise DataError(f"{name.value}: no usable {split} files in {files} "
                                 f"(data.root={root}); {hint}.") from error
             # CIFAR-10 keeps HWC numpy arrays; MNIST-style sets keep [N, H, W] tensors.
-            splits[split] = as_images(dataset.data, channels_last=name is
-                                      TorchvisionName.cifar10)
+            splits[split] = fewer_bits(as_images(dataset.data, channels_last=name is
+                                                 TorchvisionName.cifar10), bits)
         train, val = carve_validation(splits["train"], n_val, name.value)
-        super().__init__(train, splits["test"], name=name.value, levels=256, val=val,
+        super().__init__(train, splits["test"], name=name.value, levels=2**bits, val=val,
                          hflip=hflip)
 
 
