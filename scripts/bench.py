@@ -29,9 +29,12 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-SIZES = {  # the no-argument model on MNIST-sized images, and the seed's full size
+SIZES = {  # the no-argument model on MNIST-sized images, and the seed's full size with
+    # the seed's own residual block (1x1 -> 3x3 -> 1x1), so that a comparison with the
+    # seed's code is at equal architecture
     "small": {"shape": (1, 28, 28), "realnvp": {}, "pixelcnn_arflow": {}},
-    "full": {"shape": (3, 32, 32), "realnvp": {"n_filters": 128, "n_blocks": 8},
+    "full": {"shape": (3, 32, 32),
+             "realnvp": {"n_filters": 128, "n_blocks": 8, "residual_block": "bottleneck"},
              "pixelcnn_arflow": {"n_filters": 128, "n_blocks": 8}},
 }
 MODELS = ["plain_realnvp", "realnvp", "realnvp_networks_only", "pixelcnn_arflow"]
