@@ -182,6 +182,16 @@ class TorchvisionConfig:
 
 
 @dataclass
+class PhotoPatchesConfig:
+    _target_: str = "flowtrain.data.images.PhotoPatches"
+    size: int = 32
+    n_test: int = 100
+    n_val: int = 50
+    seed: int = 0
+    hflip: bool = False
+
+
+@dataclass
 class DigitsConfig:
     _target_: str = "flowtrain.data.images.Digits"
     n_test: int = 297
@@ -342,7 +352,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
               "pixelcnn_arflow": PixelCNNFlowConfig},
     "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig,
              "image_array": ImageArrayConfig,
-             "torchvision": TorchvisionConfig, "digits": DigitsConfig},
+             "torchvision": TorchvisionConfig, "digits": DigitsConfig,
+             "photo_patches": PhotoPatchesConfig},
     "dequant": {"none": NoDequantConfig, "uniform": UniformDequantConfig,
                 "auto": AutoDequantConfig, "variational": VariationalDequantConfig},
     "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "adamax": AdamaxConfig,

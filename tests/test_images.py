@@ -243,3 +243,26 @@ def test_a_weight_averaged_run_resumes_exactly_and_is_evaluated_with_its_average
             f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
     evaluated = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert evaluated["test_bpd"] == pytest.approx(split["test_bpd"], abs=1e-6)
+
+
+def test_photo_patches_are_whole_non_overlapping_tiles_of_the_two_photos():
+    from sklearn.datasets import load_sample_images
+
+    from flowtrain.data.images import PhotoPatches
+
+    data = PhotoPatches()
+    assert data.train.shape == (370, 3, 32, 32) and data.val.shape == (50, 3, 32, 32)
+    assert data.test.shape == (100, 3, 32, 32) and data.levels == 256
+    assert torch.equal(data.test, PhotoPatches().test)  # a fixed split
+    china = torch.as_tensor(load_sample_images().images[0])
+    first_tile = china[:32, :32].permute(2, 0, 1)
+    everything = torch.cat([data.train, data.val, data.test])
+    assert (everything == first_tile).flatten(1).all(dim=1).sum() == 1  # there, once
+    assert PhotoPatches(size=16, n_test=10, n_val=0).train.shape == (2070, 3, 16, 16)
+
+
+def test_realnvp_trains_on_photo_patches(tmp_path):
+    run_cli(*TINY_REALNVP, "data=photo_patches", "data.size=8", f"hydra.run.dir={tmp_path}",
+            cwd=tmp_path)
+    metrics = read_metrics(tmp_path)
+    assert metrics["steps"] == 6 and 0 < metrics["test_bpd_at_best"] < 16

@@ -104,3 +104,35 @@ class Digits(FlowData):
         images = images[order]
         train, val = carve_validation(images[:-n_test], n_val, "digits")
         super().__init__(train, images[-n_test:], name="digits", levels=17, val=val)
+
+
+class PhotoPatches(FlowData):
+    """``data=photo_patches``: colour images offline. scikit-learn's two sample photos
+    (china.jpg, flower.jpg, 427x640) cut into non-overlapping ``size`` x ``size`` patches
+    (520 at 32x32), 256 levels; ``n_test`` and ``n_val`` of a seeded permutation are the
+    test and validation splits. Patches do not overlap, so no test pixel is trained on."""
+
+    def __init__(self, size: int = 32, n_test: int = 100, n_val: int = 50, seed: int = 0,
+                 hflip: bool = False):
+        from sklearn.datasets import load_sample_images
+
+        if size < 2:
+            raise DataError(f"data.size must be at least 2; got {size}")
+        patches = torch.cat([_patches(torch.from_numpy(photo.copy()), size)
+                             for photo in load_sample_images().images])
+        if not 0 < n_test < len(patches):
+            raise DataError(f"data.n_test must be between 1 and {len(patches) - 1} (the "
+                            f"photos give {len(patches)} patches of {size}x{size}); got {n_test}")
+        order = torch.randperm(len(patches), generator=torch.Generator().manual_seed(seed))
+        patches = patches[order]
+        train, val = carve_validation(patches[:-n_test], n_val, "photo_patches")
+        super().__init__(train, patches[-n_test:], name="photo_patches", levels=256, val=val,
+                         hflip=hflip)
+
+
+def _patches(photo: Tensor, size: int) -> Tensor:
+    """[H, W, C] -> [N, C, size, size]: the whole non-overlapping patches, row by row."""
+    rows, columns = photo.shape[0] // size, photo.shape[1] // size
+    grid = photo[:rows * size, :columns * size].permute(2, 0, 1)
+    grid = grid.reshape(photo.shape[2], rows, size, columns, size)
+    return grid.permute(1, 3, 0, 2, 4).reshape(rows * columns, photo.shape[2], size, size)
