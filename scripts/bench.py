@@ -208,7 +208,10 @@ def markdown(rows: list[dict], device: torch.device) -> str:
              "the baseline's eager images/s at the same size and batch (RealNVP rows only). "
              "On the CPU, 10 timed steps vary by about 10% from run to run. GFLOP/image "
              "counts the model FLOPs of a train step (forward and backward); MFU divides "
-             "the achieved rate by the device's dense bf16 (bf16 rows) or TF32 peak.\n",
+             "the achieved rate by the device's dense bf16 (bf16 rows) or TF32 peak. "
+             "Sizes: small is the no-argument RealNVP (32 filters, 2 basic blocks) on "
+             "1x28x28; full is the seed's RealNVP (128 filters, 8 of the seed's bottleneck "
+             "blocks) and a 128 x 8 PixelCNN flow on 3x32x32.\n",
              "| model | size | mode | batch | train images/s | speed-up vs plain | samples/s "
              "| peak memory (MiB) | GFLOP/image | TFLOP/s | MFU |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
