@@ -254,7 +254,7 @@ def test_photo_patches_are_whole_non_overlapping_tiles_of_the_two_photos():
     assert data.train.shape == (370, 3, 32, 32) and data.val.shape == (50, 3, 32, 32)
     assert data.test.shape == (100, 3, 32, 32) and data.levels == 256
     assert torch.equal(data.test, PhotoPatches().test)  # a fixed split
-    china = torch.as_tensor(load_sample_images().images[0])
+    china = torch.from_numpy(load_sample_images().images[0].copy())
     first_tile = china[:32, :32].permute(2, 0, 1)
     everything = torch.cat([data.train, data.val, data.test])
     assert (everything == first_tile).flatten(1).all(dim=1).sum() == 1  # there, once
