@@ -1,7 +1,8 @@
 """Glow (Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", 2018).
 
 L levels; each squeezes 2x2 patches into channels and runs K steps of
-ActNorm -> invertible 1x1 convolution -> affine coupling. Every level but the last then
+ActNorm -> invertible 1x1 convolution -> coupling (flowtrain's affine coupling with a
+ResNet, or the released code's; ``flowtrain.flows.glow_coupling``). Every level but the last then
 factors out half its channels under a learned conditional Gaussian prior, and the next
 level works on the other half; the last level has a learned unconditional prior.
 
