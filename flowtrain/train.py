@@ -18,6 +18,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from flowtrain.checkpoint_config import RECORDED_GROUPS, with_checkpoint_choices
 from flowtrain.config import Task, config_dir, register_configs
+from flowtrain.data.base import UNIT_NAMES
 from flowtrain.errors import ConfigError, NonFiniteError, user_error_in
 from flowtrain.sweeps import check_sweep_selects, objective_key, result_unit, run_identity
 
@@ -132,10 +133,10 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def result_line(metrics: dict) -> str:
-    """"best val 3.9 bits/dim at step 900, test 3.91 (3.92 for the last model)", in the
-    unit that suits the data."""
+    """"best val 3.9000 bits/dim at step 900: test 3.9100; last model: val 3.9200, test
+    3.9300 bits/dim", in the unit that suits the data."""
     per_dim = result_unit(metrics)
-    unit = "bits/dim" if per_dim == "bpd" else "nats per point"
+    unit = UNIT_NAMES[per_dim]
     if metrics.get("stopped_by"):
         best = metrics.get(f"best_val_{per_dim}")
         return (f"stopped; the test split is measured when the run finishes (best val so "

@@ -56,7 +56,7 @@ class ArrayData(FlowData):
     ``n_val`` of the training examples are the validation split (None: 10% of them)."""
 
     def __init__(self, path: str, standardize: bool = True, levels: int | None = None,
-                 images: bool = False, n_val: int | None = None):
+                 images: bool = False, n_val: int | None = None, hflip: bool = False):
         file = Path(path).expanduser()
         found = _load(file, path)
         for split in ("train", "test"):
@@ -97,7 +97,7 @@ class ArrayData(FlowData):
         train, val = carve_validation(splits["train"], n_val, file.name)
         super().__init__(train, splits["test"], name=file.name,
                          levels=image_levels if images else levels,
-                         standardize=standardize and not images, val=val)
+                         standardize=standardize and not images, val=val, hflip=hflip)
 
 
 class ImageArrayData(ArrayData):
@@ -105,5 +105,5 @@ class ImageArrayData(ArrayData):
 
     def __init__(self, path: str, levels: int = 256, n_val: int | None = None,
                  hflip: bool = False):
-        super().__init__(path, standardize=False, levels=levels, images=True, n_val=n_val)
-        self.hflip = hflip
+        super().__init__(path, standardize=False, levels=levels, images=True, n_val=n_val,
+                         hflip=hflip)

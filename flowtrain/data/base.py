@@ -14,6 +14,8 @@ from flowtrain.errors import DataError
 # The validation split is the same for every run on a data set, whatever its seed: runs
 # compared on it must have been selected on the same examples.
 VALIDATION_SEED = 0
+# How the results in each unit (FlowData.reported_as, metrics.json's result_unit) read.
+UNIT_NAMES = {"bpd": "bits/dim", "nll": "nats per point"}
 
 
 def carve_validation(train: Tensor, n_val: int, name: str) -> tuple[Tensor, Tensor | None]:
@@ -30,6 +32,20 @@ def carve_validation(train: Tensor, n_val: int, name: str) -> tuple[Tensor, Tens
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VALIDATION_SEED))
     kept = order[:-n_val].sort().values
     return train[kept], train[order[-n_val:]]
+
+
+def split_shuffled(examples: Tensor, n_test: int, n_val: int, seed: int, name: str
+                   ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(train, val or None, test) of a fixed set of examples: the last ``n_test`` of a
+    permutation seeded with ``seed`` are the test split, and ``n_val`` of the rest are
+    carved out for validation."""
+    if not 0 < n_test < len(examples):
+        raise DataError(f"{name}: data.n_test must be between 1 and {len(examples) - 1} "
+                        f"(there are {len(examples)} examples); got {n_test}")
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))
+    shuffled = examples[order]
+    train, val = carve_validation(shuffled[:-n_test], n_val, name)
+    return train, val, shuffled[-n_test:]
 
 
 def check_drawn_counts(n_train: int, n_val: int, n_test: int) -> None:
@@ -111,7 +127,7 @@ class FlowData:
 
     @property
     def unit(self) -> str:
-        return "bits/dim" if self.discrete else "nats per point"
+        return UNIT_NAMES[self.reported_as]
 
     @property
     def points_for_pictures(self) -> tuple[str, Tensor]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowtrain.data.base import FlowData, carve_validation
+from flowtrain.data.base import FlowData, carve_validation, split_shuffled
 from flowtrain.errors import DataError
 
 
@@ -98,12 +98,8 @@ class Digits(FlowData):
         from sklearn.datasets import load_digits
 
         images = torch.as_tensor(load_digits().images, dtype=torch.uint8).unsqueeze(1)
-        if not 0 < n_test < len(images):
-            raise DataError(f"data.n_test must be between 1 and {len(images) - 1}; got {n_test}")
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-        images = images[order]
-        train, val = carve_validation(images[:-n_test], n_val, "digits")
-        super().__init__(train, images[-n_test:], name="digits", levels=17, val=val)
+        train, val, test = split_shuffled(images, n_test, n_val, seed, "digits")
+        super().__init__(train, test, name="digits", levels=17, val=val)
 
 
 class PhotoPatches(FlowData):
@@ -120,14 +116,8 @@ class PhotoPatches(FlowData):
             raise DataError(f"data.size must be at least 2; got {size}")
         patches = torch.cat([_patches(torch.from_numpy(photo.copy()), size)
                              for photo in load_sample_images().images])
-        if not 0 < n_test < len(patches):
-            raise DataError(f"data.n_test must be between 1 and {len(patches) - 1} (the "
-                            f"photos give {len(patches)} patches of {size}x{size}); got {n_test}")
-        order = torch.randperm(len(patches), generator=torch.Generator().manual_seed(seed))
-        patches = patches[order]
-        train, val = carve_validation(patches[:-n_test], n_val, "photo_patches")
-        super().__init__(train, patches[-n_test:], name="photo_patches", levels=256, val=val,
-                         hflip=hflip)
+        train, val, test = split_shuffled(patches, n_test, n_val, seed, "photo_patches")
+        super().__init__(train, test, name="photo_patches", levels=256, val=val, hflip=hflip)
 
 
 def _patches(photo: Tensor, size: int) -> Tensor:
