@@ -26,7 +26,7 @@ RUN_TIMEOUT_S = 300  # one flowtrain run, in this process or in a subprocess
 TINY_RUN = ["model=mixture_cdf", "data=gmm1d", "train.steps=40", "train.batch_size=64",
             "train.eval_every=20", "train.sample_every=20", "train.checkpoint_every=20",
             "train.log_every=10", "train.n_samples=256", "data.n_train=2000",
-            "data.n_test=500"]
+            "data.n_val=500", "data.n_test=500"]
 
 
 def run_cli(*args: str, cwd: Path, check: bool = True, module: str = "flowtrain",
