@@ -22,6 +22,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 300  # one flowtrain run, in this process or in a subprocess
 
+# The modules that start real processes or train to a set accuracy, longest first. xdist
+# hands whole modules to its two workers in collection order (--no-loadscope-reorder), so
+# these start early and the workers finish together; by default it would order modules by
+# their number of tests and leave the three long torchrun tests for last.
+LONGEST_FIRST = ("test_distributed.py", "test_cli.py", "test_accuracy.py", "test_sweeps.py",
+                 "test_survival.py", "test_install.py", "test_tasks.py", "test_images.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    order = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable otherwise
+
+
 # Small enough to finish in seconds, large enough to exercise every periodic action.
 TINY_RUN = ["model=mixture_cdf", "data=gmm1d", "train.steps=40", "train.batch_size=64",
             "train.eval_every=20", "train.sample_every=20", "train.checkpoint_every=20",

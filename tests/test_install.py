@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from conftest import REPO, TINY_RUN, read_metrics, run_cli
+from omegaconf import OmegaConf
 
 
 def test_checkout_uses_its_conf_folder(tmp_path):
@@ -35,10 +36,13 @@ def test_non_editable_install_runs_from_another_folder(tmp_path):
         return subprocess.run([str(site / "bin" / "flowtrain"), *args], cwd=elsewhere, env=env,
                               capture_output=True, text=True, timeout=300, check=True)
 
-    searchpath = flowtrain("--info", "searchpath").stdout
-    assert f"file://{site / 'flowtrain' / 'conf'}" in searchpath
-    assert str(REPO / "conf") not in searchpath
     # --help in a real process of the console script (its content: test_cli.py)
     assert "train: images, points, small_images" in flowtrain("--help").stdout
     flowtrain(*TINY_RUN, "hydra.run.dir=run")
     assert read_metrics(elsewhere / "run")["steps"] == 40
+    # The run composed its config from the installed copy: Hydra records where it looked
+    # (what --info searchpath prints, without a third start of the script).
+    hydra = OmegaConf.load(elsewhere / "run" / ".hydra" / "hydra.yaml").hydra
+    searched = [source.path for source in hydra.runtime.config_sources]
+    assert str(site / "flowtrain" / "conf") in searched
+    assert str(REPO / "conf") not in searched
