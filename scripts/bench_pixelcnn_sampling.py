@@ -3,7 +3,8 @@
     uv run python scripts/bench_pixelcnn_sampling.py [--device cpu|cuda] [--write-readme]
 
 Sampling an autoregressive flow needs one network pass per value (H x W x C). flowtrain's
-sampler runs each pass over the whole batch and only over rows 0..i (masked convolutions
+sampler runs each pass over the whole batch and only over the window the value's parameters
+depend on (the network's ``reach`` rows above and columns either side; masked convolutions
 never look below the current row). The plain baseline, timed in the same run, passes the
 whole image every time. Untrained weights: the cost does not depend on the values.
 """

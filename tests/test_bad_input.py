@@ -133,7 +133,7 @@ def test_truncated_checkpoint_is_refused_and_left_alone(tmp_path, trained):
     last = run_dir / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
     out = _fails(*TINY_RUN, f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
-    assert "is corrupt or truncated and was not loaded" in out
+    assert "is corrupt, truncated or not a checkpoint at all, and was not loaded" in out
     assert len(last.read_bytes()) == 1000 and (run_dir / "checkpoints" / "best.pt").exists()
 
 
@@ -203,7 +203,7 @@ def test_eval_of_a_truncated_checkpoint_is_refused(tmp_path, trained):
     last.write_bytes(last.read_bytes()[:1000])
     out = _refused("task=sample", f"ckpt={last}", f"hydra.run.dir={tmp_path / 'out'}",
                    cwd=tmp_path)
-    assert "is corrupt or truncated and was not loaded" in out
+    assert "is corrupt, truncated or not a checkpoint at all, and was not loaded" in out
 
 
 @pytest.mark.parametrize("override, complaint", [

@@ -13,10 +13,11 @@ from torch import nn
 
 from flowtrain.errors import ConfigError
 from flowtrain.flows.autoregressive import AutoregressiveFlow
+from flowtrain.flows.causal import within
 from flowtrain.flows.gated_pixelcnn import GatedPixelCNN
 from flowtrain.flows.made import MADE
 from flowtrain.flows.mixture_cdf import MixtureCDFFlow
-from flowtrain.flows.pixelcnn import PixelCNN, PixelCNNFlow
+from flowtrain.flows.pixelcnn import PixelCNN, PixelCNNFlow, PixelCNNMixtureCDF
 
 SAMPLERS_TO_COMPARE = {
     "mixture_cdf-gaussian": lambda: MixtureCDFFlow((1,), n_components=4, family="gaussian"),
@@ -195,6 +196,34 @@ def test_pixelcnn_sees_the_previous_pixel_and_channel(network):
     (gradient,) = torch.autograd.grad(net(x)[:, 2, 1, 1].sum(), x)
     assert gradient[0, 0, 1, 1] != 0 and gradient[0, 1, 1, 1] != 0  # R and G of this pixel
     assert gradient[0, 2, 1, 0] != 0  # B of the pixel to the left
+
+
+@pytest.mark.parametrize("network", ["plain", "gated"])
+def test_a_pixels_window_gives_the_parameters_the_whole_image_gives(network):
+    """The sampler passes only ``reach`` rows above and columns either side of each pixel:
+    on an image larger than that window, every value's outputs are the whole image's."""
+    transform = perturbed(PixelCNNMixtureCDF(3, 2, "logistic", n_filters=12, n_blocks=2,
+                                             network=network))
+    x = torch.randn(2, 3, 11, 12, generator=torch.Generator().manual_seed(0))
+    smaller = 0
+    with torch.no_grad():
+        whole = transform.net(x)
+        for at, visible in transform.fill_order(x.shape):
+            _, _, row, _ = at
+            smaller += x[visible][0, 0].numel() < (row + 1) * 12
+            assert torch.allclose(transform.net(x[visible])[within(at, visible)], whole[at],
+                                  atol=1e-5), at
+    assert transform.net.reach == 5 and smaller > 0  # the windows are smaller than the image
+
+
+def test_pixelcnn_flow_inverts_through_its_windows():
+    torch.manual_seed(0)
+    transform = perturbed(PixelCNNMixtureCDF(3, 3, "logistic", n_filters=9, n_blocks=1)).double()
+    x = torch.randn(3, 3, 9, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        z, _ = transform(x)
+        assert transform.net.reach == 4  # windows of at most 5 x 9 pixels
+        assert torch.allclose(transform.inverse(z), x, rtol=0, atol=1e-5)
 
 
 def test_pixelcnn_refuses_fewer_filters_than_colours():

@@ -95,8 +95,19 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint({"weights": torch.ones(1000)}, path)
     path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="corrupt, truncated or not a checkpoint"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"hello world\n", b""],
+                         ids=["random bytes", "text", "empty"])
+def test_a_file_that_is_no_checkpoint_is_called_that_not_code(tmp_path, content):
+    path = tmp_path / "last.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    assert "not a checkpoint at all, and was not loaded" in str(refused.value)
+    assert "pickled" not in str(refused.value)
 
 
 class _Payload:

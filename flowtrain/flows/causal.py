@@ -39,7 +39,9 @@ class CausalMixtureCDF(Bijection):
 
     @abstractmethod
     def fill_order(self, shape: torch.Size) -> Iterator[tuple[Index, Index]]:
-        """(where the next value goes, the part of x its parameters need) in causal order."""
+        """(where the next value goes, the part of x its parameters need) in causal order.
+        The part is a slice per leading dimension; given only that part, the conditioner
+        must give the value the same parameters as given all of x."""
 
     def start_unconditional(self, output_layer: nn.Module,
                             layout: Callable[[Tensor], Tensor]) -> None:
@@ -73,10 +75,18 @@ class CausalMixtureCDF(Bijection):
     @torch.no_grad()
     def _fill(self, x: Tensor, solve: Callable[[ScalarMixture, Index], Tensor]) -> Tensor:
         for at, visible in self.fill_order(x.shape):
-            full = self.mixture(x[visible])
-            x[at] = solve(ScalarMixture(full.logits[at], full.loc[at], full.log_scale[at],
-                                        self.family), at)
+            part = self.mixture(x[visible])
+            inside = within(at, visible)
+            x[at] = solve(ScalarMixture(part.logits[inside], part.loc[inside],
+                                        part.log_scale[inside], self.family), at)
         return x
+
+
+def within(at: Index, visible: Index) -> Index:
+    """The index ``at`` of x, counted inside the part ``x[visible]``."""
+    parts = (*visible, *[slice(None)] * (len(at) - len(visible)))
+    return tuple(position - (part.start or 0) if isinstance(position, int) else position
+                 for position, part in zip(at, parts, strict=True))
 
 
 class CausalFlow(FlowModel):

@@ -63,6 +63,9 @@ class GatedPixelCNN(nn.Module):
     def __init__(self, n_colours: int, outputs_per_value: int, n_filters: int, n_blocks: int,
                  input_kernel: int = 7):
         super().__init__()
+        # How far a pixel's outputs reach, up and to either side (the vertical stack widens
+        # by one column and one row per 3x3 block): what the sampler shows the network.
+        self.reach = input_kernel // 2 + n_blocks
         # The 7x7 type-A input split in two: the rows strictly above, and the pixels
         # strictly to the left with the earlier colours of this pixel.
         self.input_vertical = MaskedConv2d(vertical_mask(n_filters, n_colours, input_kernel,

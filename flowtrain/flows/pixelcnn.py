@@ -43,9 +43,13 @@ class PixelCNN(nn.Module):
     in raster then channel order. Stacked masked kernels leave a blind spot up and to the
     right of each pixel that no depth removes; ``GatedPixelCNN`` has none."""
 
-    def __init__(self, n_colours: int, outputs_per_value: int, n_filters: int, n_blocks: int):
+    def __init__(self, n_colours: int, outputs_per_value: int, n_filters: int, n_blocks: int,
+                 input_kernel: int = 7):
         super().__init__()
-        self.input = square_masked_conv(n_colours, n_filters, 7, n_colours,
+        # How far a pixel's outputs reach, up and to either side: the input kernel's
+        # half-width, and one more per 3x3 block.
+        self.reach = input_kernel // 2 + n_blocks
+        self.input = square_masked_conv(n_colours, n_filters, input_kernel, n_colours,
                                         include_centre=False)
         self.blocks = nn.Sequential(*(MaskedResidualBlock(n_filters, n_colours)
                                       for _ in range(n_blocks)))
@@ -80,14 +84,18 @@ class PixelCNNMixtureCDF(CausalMixtureCDF):
         return self.net(x)
 
     def fill_order(self, shape: torch.Size) -> Iterator[tuple[Index, Index]]:
-        """Raster order, then channel order; the network sees rows 0..i only: neither
-        network looks below the current row, so the rows under it cannot change its
-        parameters (and skipping them halves the work on average)."""
+        """Raster order, then channel order. The network sees only the window its output
+        at (i, j) can depend on: ``reach`` rows above and ``reach`` columns either side
+        (neither network looks below the current row). On 32x32 with the default 3 blocks
+        that is 7 x 13 pixels a pass instead of 16 x 32 on average."""
         _, channels, height, width = shape
+        reach = self.net.reach
         for i in range(height):
+            rows = slice(max(0, i - reach), i + 1)
             for j in range(width):
+                columns = slice(max(0, j - reach), min(width, j + reach + 1))
                 for c in range(channels):
-                    yield (slice(None), c, i, j), (slice(None), slice(None), slice(0, i + 1))
+                    yield (slice(None), c, i, j), (slice(None), slice(None), rows, columns)
 
 
 class PixelCNNFlow(CausalFlow):

@@ -106,12 +106,15 @@ def load_checkpoint(path: Path, missing_hint: str = _RESUME_HINT) -> dict[str, A
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        # weights_only names the global it blocked; bytes that are no pickle at all fail on
+        # an operand instead, and hold no code to refuse.
+        if "global" not in str(error).lower():
+            raise CheckpointError(_unreadable(path, error)) from error
         raise CheckpointError(
             f"refusing {path}: it holds pickled Python objects that loading would execute "
-            f"(weights_only=True refused it: {str(error).splitlines()[0]})") from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is corrupt or truncated and was not loaded "
-                              f"({str(error).splitlines()[0]}).") from error
+            f"(weights_only=True refused it: {_reason(error)})") from error
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
+        raise CheckpointError(_unreadable(path, error)) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a flowtrain checkpoint.")
     if state.get("version") != VERSION:
@@ -119,6 +122,20 @@ def load_checkpoint(path: Path, missing_hint: str = _RESUME_HINT) -> dict[str, A
                               f"this flowtrain reads version {VERSION}. Continue it with the "
                               f"flowtrain that wrote it, or start a new run.")
     return state
+
+
+def _reason(error: Exception) -> str:
+    """The line of torch.load's message that says what was wrong (it adds advice around
+    it)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "global" in line.lower() or "operand" in line.lower()]
+    line = (named or lines or [""])[0]
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    return (f"{path} is corrupt, truncated or not a checkpoint at all, and was not loaded "
+            f"({_reason(error)}).")
 
 
 def evaluated_weights(saved: dict[str, Any]) -> dict[str, Any]:
