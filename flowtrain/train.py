@@ -72,16 +72,19 @@ def run_task(cfg: DictConfig) -> float | None:
 
     if Ranks.from_environment().distributed:
         raise ConfigError(f"task={task.value} runs in one process; start it without torchrun.")
-    use_threads(cfg.threads, hydra_config)
+    use_cpu(cfg.threads, hydra_config)
     return run_checkpoint_task(cfg, Path(hydra_config.runtime.output_dir),
                                list(hydra_config.overrides.task))
 
 
-def use_threads(requested: int | None, hydra_config: DictConfig) -> None:
+def use_cpu(requested: int | None, hydra_config: DictConfig) -> None:
+    """The CPU threads torch uses (shared out between parallel sweep jobs), with subnormal
+    floats flushed to zero."""
     import torch
 
-    from flowtrain.training.runtime import cpu_threads
+    from flowtrain.training.runtime import cpu_threads, flush_subnormals
 
+    flush_subnormals()
     threads = cpu_threads(requested, hydra_config.launcher)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -102,7 +105,7 @@ def train(cfg: DictConfig) -> float | None:
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
-    use_threads(cfg.threads, hydra_config)
+    use_cpu(cfg.threads, hydra_config)
     ranks = Ranks.from_environment()
     if ranks.distributed and hydra_config.mode == RunMode.MULTIRUN:
         raise ConfigError("-m (a sweep) and torchrun do not mix: every process would run "

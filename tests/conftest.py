@@ -113,6 +113,7 @@ def _run_in_this_process(args: list[str], cwd: Path, env: dict
         os.environ.update(saved_env)
         sys.argv = saved_argv
         torch.set_num_threads(saved_threads)
+        torch.set_flush_denormal(False)  # what a run turns on; every test starts without
     return subprocess.CompletedProcess(["flowtrain", *args], returncode, stdout.getvalue(),
                                        stderr.getvalue())
 

@@ -19,7 +19,7 @@ from flowtrain.training.checkpoint import (
 )
 from flowtrain.training.logger import RunLogger
 from flowtrain.training.optim import lr_factor
-from flowtrain.training.runtime import rng_state, set_rng_state
+from flowtrain.training.runtime import flush_subnormals, rng_state, set_rng_state
 
 
 def test_batch_stream_resumes_in_the_same_order():
@@ -265,3 +265,13 @@ def test_weight_decay_on_weight_scales_only_decays_the_g_of_weight_norm():
     assert scales and moved == scales
     with pytest.raises(ConfigError, match="this model has none"):
         build_optimizer(cfg, nn.Linear(2, 2).named_parameters())
+
+
+def test_subnormal_floats_are_flushed_to_zero_on_the_cpu():
+    if not flush_subnormals():
+        pytest.skip("this CPU cannot flush subnormal floats")
+    try:
+        assert (torch.tensor([1e-40]) * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
+    assert (torch.tensor([1e-40]) * 1.0).item() > 0.0

