@@ -17,7 +17,6 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowtrain.data.images import PhotoPatches
@@ -44,7 +43,8 @@ VARIANTS = {
 class LinearSkip(nn.Module):
     """The gated network plus a linear path: its type-A input features (linear in the
     values before each one) straight to the mixture parameters through a zero-initialised
-    1x1 type-B convolution, beside the gated stacks and the head's two ReLUs."""
+    1x1 type-B convolution, beside the gated stacks and the head's two ReLUs. The input
+    features are read off the network's own input layers by hooks, not recomputed."""
 
     def __init__(self, net: GatedPixelCNN, n_colours: int):
         super().__init__()
@@ -54,17 +54,18 @@ class LinearSkip(nn.Module):
         nn.init.zeros_(self.skip.weight)
         nn.init.zeros_(self.skip.bias)
         self.reach = net.reach
+        self._inputs: list[Tensor] = []
+        for layer in (net.input_horizontal, net.input_vertical):
+            layer.register_forward_hook(lambda _, __, out: self._inputs.append(out))
 
     def forward(self, x: Tensor) -> Tensor:
-        net, head = self.net, self.net.head
-        vertical = net.input_vertical(x)
-        horizontal = first = net.input_horizontal(x) + vertical
-        for block in net.blocks:
-            vertical, horizontal = block(vertical, horizontal)
-        out = head.output(F.relu(head.hidden(F.relu(horizontal)))) + self.skip(first)
-        batch, _, height, width = out.shape
-        out = out.view(batch, head.outputs_per_value, head.n_colours, height, width)
-        return out.permute(0, 2, 3, 4, 1)
+        self._inputs.clear()
+        out = self.net(x)  # [B, C, H, W, P]
+        extra = self.skip(sum(self._inputs))  # channel p * C + c: parameter p of colour c
+        batch, _, height, width = extra.shape
+        extra = extra.view(batch, self.net.head.outputs_per_value, self.net.head.n_colours,
+                           height, width)
+        return out + extra.permute(0, 2, 3, 4, 1)
 
 
 def build(kind: str, shape: tuple[int, ...], options: dict) -> FlowModel:
