@@ -34,3 +34,18 @@ def test_schema_defaults_are_the_constructors_defaults(group, name, schema):
             continue  # a required parameter: the config's default is the only one
         assert given == default, f"{group}={name}: {field.name} is {default!r} in the schema, " \
                                  f"{given!r} in {schema._target_}"
+
+
+@pytest.mark.parametrize("args, lr", [
+    (["model=pixelcnn_arflow", "data=photo_patches"], 1e-2),  # conf/data_model/
+    (["model=pixelcnn_arflow", "data=digits"], 1e-3),  # the regime's
+    (["model=realnvp", "data=photo_patches"], 1e-3),
+    (["model=pixelcnn_arflow", "data=photo_patches", "optim.lr=3e-3"], 3e-3),
+    (["experiment=pixelcnn_arflow_mnist", "data=photo_patches"], 1e-3),  # a preset wins
+])
+def test_a_data_model_setting_applies_to_that_pair_alone(args, lr, tmp_path):
+    import yaml
+    from conftest import run_cli
+
+    cfg = yaml.safe_load(run_cli(*args, "--cfg", "job", cwd=tmp_path).stdout)
+    assert cfg["optim"]["lr"] == lr
