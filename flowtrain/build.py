@@ -76,9 +76,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
     with ranks.main_first():  # one download, not one per rank
         data: FlowData = instantiate(cfg.data)
     model, preprocessing = build_flow(cfg, data, device)
-    log.info("%s on %s %s: %s parameters", type(model).__name__, data.name,
-             "x".join(map(str, data.event_shape)),
-             f"{sum(parameter.numel() for parameter in model.parameters()):,}")
+    n_model = sum(parameter.numel() for parameter in model.parameters())
+    n_dequantizer = sum(parameter.numel() for parameter in preprocessing.parameters())
+    log.info("%s on %s %s: %s parameters%s", type(model).__name__, data.name,
+             "x".join(map(str, data.event_shape)), f"{n_model:,}",
+             f" ({n_model + n_dequantizer:,} with the dequantizer)" if n_dequantizer else "")
     # A learned dequantizer trains with the model, on the same loss.
     optimizer = build_optimizer(cfg.optim, [*model.named_parameters(prefix="model"),
                                             *preprocessing.named_parameters(

@@ -19,6 +19,7 @@ from omegaconf import MISSING, OmegaConf
 
 from flowtrain.data.images import TorchvisionName
 from flowtrain.data.toy2d import Toy2DName
+from flowtrain.dequant import NoiseCoupling
 from flowtrain.flows.coupling import Block
 from flowtrain.flows.glow import GlowNetwork
 from flowtrain.flows.glow_coupling import GlowCoupling
@@ -120,6 +121,20 @@ class PixelCNNFlowConfig:
     n_filters: int = 32
     n_blocks: int = 3
     network: Network = Network.gated
+
+
+@dataclass
+class FlowPlusPlusConfig:
+    _target_: str = "flowtrain.flows.flowpp.FlowPlusPlus"
+    n_filters: int = 32
+    n_blocks: int = 2
+    n_components: int = 8
+    heads: int = 4
+    dropout: float = 0.0
+    # steps on column halves, then (after a squeeze) on channel halves, then column halves
+    column_in: int = 4
+    channelwise: int = 2
+    column_out: int = 3
 
 
 # --- data --------------------------------------------------------------------------------
@@ -230,6 +245,11 @@ class VariationalDequantConfig:
     n_filters: int = 32
     n_blocks: int = 1
     context_channels: int = 16
+    coupling: NoiseCoupling = NoiseCoupling.affine  # affine | mixture_logistic (Flow++'s)
+    # mixture_logistic only:
+    n_components: int = 8
+    heads: int = 4
+    dropout: float = 0.0
 
 
 # --- optimizer ---------------------------------------------------------------------------
@@ -349,7 +369,7 @@ class Config:
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"mixture_cdf": MixtureCDFConfig, "arflow2d": ARFlowConfig,
               "realnvp": RealNVPConfig, "glow": GlowConfig,
-              "pixelcnn_arflow": PixelCNNFlowConfig},
+              "pixelcnn_arflow": PixelCNNFlowConfig, "flowpp": FlowPlusPlusConfig},
     "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig,
              "image_array": ImageArrayConfig,
              "torchvision": TorchvisionConfig, "digits": DigitsConfig,

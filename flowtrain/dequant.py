@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,9 @@ from torch import Tensor, nn
 from flowtrain.errors import ConfigError
 from flowtrain.flows.base import Bijection, Compose, StandardNormal, image_shape
 from flowtrain.flows.coupling import AffineCoupling, ResNet, checkerboard_mask
+from flowtrain.flows.flowpp import on_column_halves
+from flowtrain.flows.flowpp_network import ContextNetwork
+from flowtrain.flows.reshape import ColumnHalves
 
 
 class Dequantizer(nn.Module, ABC):
@@ -129,38 +133,77 @@ class UniformDequantization(Dequantizer):
         return torch.floor(y * self.levels).clamp(0, self.levels - 1)
 
 
+class NoiseCoupling(str, Enum):
+    """``dequant.coupling``: the couplings of the variational dequantizer's noise flow."""
+
+    affine = "affine"  # affine couplings with ResNets, x through a ResNet encoder
+    mixture_logistic = "mixture_logistic"  # Flow++'s as released (flowtrain.flows.flowpp)
+
+
+# The released dequantizer's context network (flowpp's run_cifar.py shallow_processor):
+# 3 gated convolutions.
+FLOWPP_CONTEXT_BLOCKS = 3
+
+
 class VariationalDequantization(UniformDequantization):
     """Flow++'s variational dequantization (Ho et al. 2019): u = sigmoid(g(eps; x)) with
-    eps ~ N(0, I) and g a conditional affine coupling flow whose networks see x through a
-    convolutional encoder. Trained jointly with the model, whose loss is then the bound
-    -log P(x) <= E_q[-log p((x + u) / K) + D log K + log q(u | x)]."""
+    eps ~ N(0, I) and g a conditional coupling flow whose networks see features of x.
+    Trained jointly with the model, whose loss is then the bound
+    -log P(x) <= E_q[-log p((x + u) / K) + D log K + log q(u | x)].
+
+    ``coupling=affine``: affine couplings with checkerboard masks, x through a ResNet
+    encoder. ``coupling=mixture_logistic``: the released Flow++ dequantizer, its steps on
+    column halves (``flowpp_steps``) with ``n_components``, ``heads`` and ``dropout``, x
+    through its gated-convolution context network."""
 
     name = "variational"
 
     def __init__(self, levels: int | None, logit_alpha: float = 0.05,
                  event_shape: tuple[int, ...] = (), eval_samples: int = 16,
                  n_couplings: int = 4, n_filters: int = 32, n_blocks: int = 1,
-                 context_channels: int = 16):
+                 context_channels: int = 16,
+                 coupling: NoiseCoupling | str = NoiseCoupling.affine,
+                 n_components: int = 8, heads: int = 4, dropout: float = 0.0):
         super().__init__(levels, logit_alpha, event_shape, eval_samples)
-        channels, _, _ = image_shape(event_shape, "dequant=variational",
-                                     "Use dequant=uniform.")
+        channels, height, width = image_shape(event_shape, "dequant=variational",
+                                              "Use dequant=uniform.")
         if min(n_couplings, n_filters, context_channels) < 1 or n_blocks < 0:
             raise ConfigError("dequant.n_couplings, dequant.n_filters and "
                               "dequant.context_channels must be at least 1, dequant.n_blocks "
                               "at least 0")
-        # Not zero-initialized: the couplings see informative features from the first step.
-        self.encoder = ResNet(channels, context_channels, n_filters, n_blocks,
-                              zero_output=False)
-        self.couplings = Compose(
-            AffineCoupling(checkerboard_mask(tuple(event_shape), index % 2),
-                           ResNet(channels + context_channels, 2 * channels, n_filters,
-                                  n_blocks), conditional=True)
-            for index in range(n_couplings))
+        self.coupling = NoiseCoupling(coupling)
+        if self.coupling is NoiseCoupling.affine:
+            # Not zero-initialized: the couplings see informative features from the start.
+            self.encoder = ResNet(channels, context_channels, n_filters, n_blocks,
+                                  zero_output=False)
+            self.couplings = Compose(
+                AffineCoupling(checkerboard_mask(tuple(event_shape), index % 2),
+                               ResNet(channels + context_channels, 2 * channels, n_filters,
+                                      n_blocks), conditional=True)
+                for index in range(n_couplings))
+        else:
+            if width % 2:
+                raise ConfigError(f"dequant.coupling=mixture_logistic splits columns in "
+                                  f"pairs, so the width must be even; got {width}")
+            if n_filters % heads:
+                raise ConfigError(f"dequant.n_filters={n_filters} must be divisible by "
+                                  f"dequant.heads={heads}")
+            self.encoder = ContextNetwork(2 * channels, context_channels,
+                                          FLOWPP_CONTEXT_BLOCKS, dropout)
+            network = {"n_filters": n_filters, "n_blocks": n_blocks, "heads": heads,
+                       "n_components": n_components, "dropout": dropout,
+                       "context_channels": context_channels}
+            self.couplings = Compose(on_column_halves((channels, height, width), n_couplings,
+                                                      network))
         self.base = StandardNormal(tuple(event_shape))
 
     def context(self, x: Tensor) -> Tensor:
-        """The features of the data x that the couplings see (x scaled to [-1, 1] first)."""
-        return self.encoder(2 * x / max(self.levels - 1, 1) - 1)
+        """The features of the data x that the couplings see: x scaled to [-1, 1]
+        (affine) or, as released, to [-0.5, 0.5) (mixture_logistic)."""
+        if self.coupling is NoiseCoupling.affine:
+            return self.encoder(2 * x / max(self.levels - 1, 1) - 1)
+        column_halves, _ = ColumnHalves()(x / self.levels - 0.5)
+        return self.encoder(column_halves)
 
     def transform_noise(self, eps: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """u = sigmoid(g(eps; x)) and log|du/deps| per example."""

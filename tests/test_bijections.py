@@ -20,16 +20,17 @@ import flowtrain.flows
 from flowtrain.dequant import Logit, NoDequantization, VariationalDequantization
 from flowtrain.flows.actnorm import ActNorm
 from flowtrain.flows.autoregressive import AutoregressiveFlow, AutoregressiveMixtureCDF
-from flowtrain.flows.base import Bijection, Compose, FlowModel, StandardNormal
+from flowtrain.flows.base import Bijection, Compose, FlowModel, Inverse, StandardNormal
 from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask, checkerboard_mask
+from flowtrain.flows.flowpp import FlowPlusPlus, HalvesInvertibleConv, MixLogisticCoupling
 from flowtrain.flows.glow import Glow
 from flowtrain.flows.glow_coupling import ReleasedGlowCoupling
-from flowtrain.flows.invconv import InvertibleConv1x1
+from flowtrain.flows.invconv import DenseInvertibleConv1x1, InvertibleConv1x1
 from flowtrain.flows.mixture_cdf import MixtureCDFFlow, MixtureCDFTransform
 from flowtrain.flows.multiscale import LearnedPrior, OnKeptHalf, SplitPrior
 from flowtrain.flows.pixelcnn import PixelCNNFlow, PixelCNNMixtureCDF
 from flowtrain.flows.realnvp import RealNVP
-from flowtrain.flows.reshape import Squeeze, Unsqueeze
+from flowtrain.flows.reshape import ColumnHalves, SpaceToDepth, Squeeze, SwapHalves, Unsqueeze
 from flowtrain.likelihood import Identity, Preprocessing, Standardize, negative_log_likelihood
 
 Sampler = Callable[[nn.Module, int, torch.Generator], Tensor]
@@ -82,10 +83,10 @@ def levels(*event_shape: int) -> Sampler:
 # --- building blocks that need more than their constructor -----------------------------------
 
 
-def initialized_actnorm(n_channels: int) -> ActNorm:
+def initialized_actnorm(n_channels: int, size: tuple[int, int] | None = None) -> ActNorm:
     """ActNorm after its data-dependent initialization on a first training batch."""
-    actnorm = ActNorm(n_channels)
-    actnorm(3.0 + 2.0 * torch.randn(32, n_channels, 3, 3))
+    actnorm = ActNorm(n_channels, size)
+    actnorm(3.0 + 2.0 * torch.randn(32, n_channels, *(size or (3, 3))))
     return actnorm
 
 
@@ -103,11 +104,12 @@ class NoiseTransform(Bijection):
     flowtrain never inverts it (q(u | x) is only sampled and scored), so its inverse is
     written here: eps = g^-1(logit u; features of x)."""
 
-    def __init__(self, shape: tuple[int, int, int]):
+    def __init__(self, shape: tuple[int, int, int], **options):
         super().__init__()
+        options = {"n_couplings": 3, "n_filters": 6, "n_blocks": 1, "context_channels": 3,
+                   **options}
         self.dequantizer = VariationalDequantization(LEVELS, 0.05, event_shape=shape,
-                                                     n_couplings=3, n_filters=6, n_blocks=1,
-                                                     context_channels=3)
+                                                     **options)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.dequantizer.transform_noise(x, context)
@@ -162,6 +164,11 @@ MODELS = {
                                                  n_blocks=1, network="plain"),
     "pixelcnn-no-blocks-1x3x3": lambda: PixelCNNFlow((1, 3, 3), n_components=2, n_filters=4,
                                                      n_blocks=0),
+    "flowpp-1x4x4": lambda: FlowPlusPlus((1, 4, 4), n_filters=4, n_blocks=1, n_components=3,
+                                         heads=2, column_in=2, channelwise=1, column_out=1),
+    "flowpp-3x2x4-no-blocks": lambda: FlowPlusPlus((3, 2, 4), n_filters=2, n_blocks=0,
+                                                   n_components=2, heads=1, column_in=1,
+                                                   channelwise=1, column_out=1),
 }
 
 CASES = {
@@ -182,6 +189,23 @@ CASES = {
     "released_glow_coupling-additive": Case(lambda: ReleasedGlowCoupling(4, 3, "additive"),
                                             normal(4, 2, 3)),
     "learned_prior": Case(lambda: LearnedPrior((2, 2, 3)), normal(2, 2, 3)),
+    # Flow++'s parts
+    "actnorm-per-position": Case(lambda: initialized_actnorm(3, size=(3, 3)),
+                                 normal(3, 3, 3)),
+    "space_to_depth": Case(SpaceToDepth, normal(2, 4, 2), z_shape=(8, 2, 1)),
+    "inverse-space_to_depth": Case(lambda: Inverse(SpaceToDepth()), normal(8, 1, 2),
+                                   z_shape=(2, 2, 4)),
+    "column_halves": Case(ColumnHalves, normal(2, 3, 4), z_shape=(4, 3, 2)),
+    "swap_halves": Case(SwapHalves, normal(4, 2, 3)),
+    "halves_invertible_conv": Case(lambda: HalvesInvertibleConv(6), normal(6, 2, 2)),
+    "dense_invertible_conv_1x1": Case(lambda: DenseInvertibleConv1x1(3), normal(3, 2, 2)),
+    "mix_logistic_coupling": Case(
+        lambda: MixLogisticCoupling(4, (2, 3), n_filters=4, n_blocks=1, n_components=3,
+                                    heads=2, dropout=0.0), normal(4, 2, 3)),
+    "mix_logistic_coupling-context": Case(
+        lambda: MixLogisticCoupling(2, (3, 2), n_filters=4, n_blocks=2, n_components=2,
+                                    heads=1, dropout=0.0, context_channels=2),
+        normal(2, 3, 2), context=normal(2, 3, 2)),
     # the context goes through a composition (and a multi-scale half) to every part;
     # the unconditional ones ignore it
     "compose": Case(lambda: Compose([initialized_actnorm(2), InvertibleConv1x1(2),
@@ -201,6 +225,10 @@ CASES = {
                                     context=levels(1, 2, 2)),
     "variational_noise-2x3x2": Case(lambda: NoiseTransform((2, 3, 2)), normal(2, 3, 2),
                                     context=levels(2, 3, 2)),
+    "variational_noise-mixture_logistic": Case(
+        lambda: NoiseTransform((2, 2, 4), coupling="mixture_logistic", n_couplings=2,
+                               n_filters=4, context_channels=2, n_components=2, heads=2),
+        normal(2, 2, 4), context=levels(2, 2, 4)),
     # the CDF transforms of the 1-D and autoregressive flows
     "mixture_cdf_transform": Case(lambda: MixtureCDFTransform(3, 3, "logistic"),
                                   cdf_samples(3)),
@@ -228,10 +256,15 @@ CASES = {
 # Entries pushed less far off their initial weights. The released Glow coupling scales its
 # last convolution by exp(3 logs) and its inverse divides by sigmoid(h + 2): the usual push
 # of 0.3 gives scales near e^-20, and samples (its inputs here) that overflow.
+# Flow++ stacks up to 9 couplings whose component log-scales are bounded only from below
+# (as released): pushed by 0.3, sampling through them overflows, and the dequantizer's
+# sigmoid rounds to 1.
 GENTLER_PERTURBATION = {"glow-released-affine-3x4x4": 0.05,
                         "glow-released-additive-1x4x4": 0.05,
                         "released_glow_coupling-affine": 0.05,
-                        "released_glow_coupling-additive": 0.05}
+                        "released_glow_coupling-additive": 0.05,
+                        "flowpp-1x4x4": 0.1, "flowpp-3x2x4-no-blocks": 0.1,
+                        "variational_noise-mixture_logistic": 0.1}
 
 
 def build(name: str) -> nn.Module:

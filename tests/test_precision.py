@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import TINY_RUN, read_metrics, run_cli
 
+from flowtrain.flows.flowpp import FlowPlusPlus
 from flowtrain.flows.pixelcnn import PixelCNNFlow
 from flowtrain.flows.realnvp import RealNVP
 from flowtrain.training.runtime import autocast
@@ -78,6 +79,8 @@ def test_a_flow_with_actnorm_is_one_graph_once_initialized():
 @pytest.mark.parametrize("make", [
     lambda: RealNVP((1, 4, 4), n_filters=8, n_blocks=1),
     lambda: PixelCNNFlow((3, 4, 4), n_components=3, n_filters=6, n_blocks=1),
+    lambda: FlowPlusPlus((3, 4, 4), n_filters=8, n_blocks=1, n_components=3, heads=2,
+                         column_in=1, channelwise=1, column_out=1),
 ])
 def test_under_bf16_only_the_networks_lose_precision(make):
     torch.manual_seed(0)

@@ -185,11 +185,25 @@ def test_sample_of_points_writes_the_density_figures(points_run, tmp_path):
 
 PRESETS = {"realnvp_cifar10": "RealNVP", "glow_cifar10": "Glow",
            "pixelcnn_arflow_mnist": "PixelCNNFlow", "realnvp_mnist": "RealNVP",
-           "digits_realnvp": "RealNVP", "toy2d_arflow": "AutoregressiveFlow"}
+           "digits_realnvp": "RealNVP", "toy2d_arflow": "AutoregressiveFlow",
+           "flowpp_cifar10": "FlowPlusPlus", "flowpp_cifar10_uniform": "FlowPlusPlus"}
 
 
 def test_every_preset_file_is_listed_here():
     assert {path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml")} == set(PRESETS)
+
+
+def _pinned(preset: str) -> dict:
+    """What a preset's file pins, merged over the presets it builds on (its defaults list
+    may name another preset, as flowpp_cifar10_uniform does)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    pinned = yaml.safe_load((REPO / "conf" / "experiment" / f"{preset}.yaml").read_text())
+    parents = [entry for entry in pinned.pop("defaults", [])
+               if isinstance(entry, str) and entry != "_self_"]
+    return OmegaConf.to_container(OmegaConf.merge(*(_pinned(parent) for parent in parents),
+                                                  pinned))
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -201,7 +215,7 @@ def test_every_preset_composes_and_takes_overrides_on_top(preset, tmp_path):
     cfg = yaml.safe_load(result.stdout)
     assert cfg["model"]["_target_"].endswith(f".{PRESETS[preset]}")
     assert cfg["train"]["steps"] == 7 and cfg["optim"]["lr"] == 0.5
-    pinned = yaml.safe_load((REPO / "conf" / "experiment" / f"{preset}.yaml").read_text())
+    pinned = _pinned(preset)
     assert pinned["train"]["batch_size"] == cfg["train"]["batch_size"]
     assert pinned["optim"]["schedule"] == cfg["optim"]["schedule"]
 

@@ -1,7 +1,8 @@
 """ActNorm (Kingma & Dhariwal 2018): a per-channel affine map initialized from data.
 
 z = (x + bias) * exp(log_scale), with bias and log_scale chosen on the first training batch
-so that z has zero mean and unit variance per channel. The ``initialized`` flag is a buffer,
+so that z has zero mean and unit variance per channel (or, with ``size``, per channel and
+position: Flow++'s ``Norm``). The ``initialized`` flag is a buffer,
 so a resumed run keeps its initialized state instead of re-initializing on its first batch.
 """
 
@@ -17,10 +18,15 @@ _STD_EPSILON = 1e-6
 
 
 class ActNorm(Bijection):
-    def __init__(self, n_channels: int):
+    """``size=(H, W)``: one scale and bias per channel and position, statistics over the
+    batch alone (flowpp's flows.py ``Norm``); default: per channel (Glow's)."""
+
+    def __init__(self, n_channels: int, size: tuple[int, int] | None = None):
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(1, n_channels, 1, 1))
-        self.log_scale = nn.Parameter(torch.zeros(1, n_channels, 1, 1))
+        shape = (1, n_channels, *(size or (1, 1)))
+        self.per_position = size is not None
+        self.bias = nn.Parameter(torch.zeros(shape))
+        self.log_scale = nn.Parameter(torch.zeros(shape))
         self.register_buffer("initialized", torch.tensor(False))
         # Python-side copy of the buffer, so the check costs no GPU sync on every step.
         self._initialized_seen = False
@@ -29,8 +35,8 @@ class ActNorm(Bijection):
     def initialize(self, x: Tensor) -> None:
         """Zero mean, unit variance per channel on this batch (all-reduced when the batch
         is split across processes, so every process starts identical)."""
-        flat = x.transpose(0, 1).flatten(1)
-        mean, mean_square = flat.mean(dim=1), flat.square().mean(dim=1)
+        dims = (0,) if self.per_position else (0, 2, 3)
+        mean, mean_square = x.mean(dim=dims), x.square().mean(dim=dims)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             stats = torch.stack([mean, mean_square])
             torch.distributed.all_reduce(stats)
@@ -50,7 +56,8 @@ class ActNorm(Bijection):
                 self.initialize(x)
             self._initialized_seen = True
         z = (x + self.bias) * torch.exp(self.log_scale)
-        log_det = self.log_scale.sum() * (x.shape[2] * x.shape[3])
+        positions = 1 if self.per_position else x.shape[2] * x.shape[3]
+        log_det = self.log_scale.sum() * positions
         return z, log_det.expand(x.shape[0])
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:

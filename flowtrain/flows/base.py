@@ -77,6 +77,22 @@ class Compose(Bijection):
         return z
 
 
+class Inverse(Bijection):
+    """f^-1 as a bijection of its own (flowpp's ``Inverse``): merging what a split split,
+    unsqueezing what a squeeze squeezed. Its log|det| is minus f's at the point it maps to."""
+
+    def __init__(self, transform: Bijection):
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z = self.transform.inverse(x, context)
+        return z, -self.transform(z, context)[1]
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.transform(z, context)[0]
+
+
 class UniformBase(nn.Module):
     """Uniform(0, 1)^D: log-density 0 inside the unit cube. The base of CDF flows."""
 

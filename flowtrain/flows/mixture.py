@@ -56,6 +56,13 @@ def _component_cdf(u: Tensor, family: Family) -> Tensor:
     return torch.sigmoid(u)
 
 
+def _component_log_cdf(u: Tensor, family: Family) -> Tensor:
+    """log F(u) of the standardized component, exact far into the lower tail."""
+    if family is Family.gaussian:
+        return torch.special.log_ndtr(u)
+    return -F.softplus(-u)
+
+
 def _component_sample(shape: torch.Size, family: Family, like: Tensor,
                       generator: torch.Generator | None) -> Tensor:
     if family is Family.gaussian:
@@ -122,20 +129,47 @@ class ScalarMixture:
         per_component = _component_log_pdf(u, self.family) - self.log_scale
         return cdf, torch.logsumexp(log_weights + per_component, dim=-1)
 
+    def log_cdf_sf_and_pdf(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """log F(x), log(1 - F(x)) and log f(x) from one standardization, each by
+        logsumexp over components: logit F = log F - log(1 - F) stays exact where F
+        itself rounds to 0 or 1 (Flow++'s coupling takes the logit of the CDF)."""
+        u = self._standardize(x)
+        log_weights = torch.log_softmax(self.logits, dim=-1)
+        log_cdf = torch.logsumexp(log_weights + _component_log_cdf(u, self.family), dim=-1)
+        # both families are symmetric: 1 - F(u) = F(-u)
+        log_sf = torch.logsumexp(log_weights + _component_log_cdf(-u, self.family), dim=-1)
+        per_component = _component_log_pdf(u, self.family) - self.log_scale
+        return log_cdf, log_sf, torch.logsumexp(log_weights + per_component, dim=-1)
+
     @torch.no_grad()
     def inverse_cdf(self, z: Tensor, tol: float = 1e-6, max_iter: int = 200) -> Tensor:
         """x with F(x) = z, by bisection on a bracket wide enough to hold every component.
 
         ``tol`` is in units of the narrowest component's scale (so z is accurate to about
-        tol too, however sharp the density). All elements are bisected together for a
-        fixed number of halvings, computed once from the widest bracket, so there is no
-        per-iteration host sync.
-        """
+        tol too, however sharp the density)."""
         tiny = torch.finfo(z.dtype).eps
         z = z.clamp(tiny, 1.0 - tiny)  # F(x) = 0 or 1 exactly has no finite solution
+        return self._bisect(lambda x: self.cdf(x) < z, torch.zeros_like(z), tol, max_iter)
+
+    @torch.no_grad()
+    def inverse_logit_cdf(self, y: Tensor, tol: float = 1e-6, max_iter: int = 200) -> Tensor:
+        """x with logit F(x) = y, for any real y: the bracket widens with |y|, since the
+        logit of a logistic or Gaussian mixture's CDF grows at least as fast as x over the
+        widest component's scale."""
+        def below(x: Tensor) -> Tensor:
+            log_cdf, log_sf, _ = self.log_cdf_sf_and_pdf(x)
+            return log_cdf - log_sf < y
+        return self._bisect(below, y.abs(), tol, max_iter)
+
+    def _bisect(self, below, extra_scales: Tensor, tol: float, max_iter: int) -> Tensor:
+        """The x where ``below(x)`` turns false, bracketed by the outermost components
+        plus ``_TAIL_SCALES + extra_scales`` of their scales. All elements are bisected
+        together for a fixed number of halvings, computed once from the widest bracket,
+        so there is no per-iteration host sync."""
         scale = self.log_scale.exp()
-        lower = (self.loc - _TAIL_SCALES * scale).amin(dim=-1).expand_as(z).clone()
-        upper = (self.loc + _TAIL_SCALES * scale).amax(dim=-1).expand_as(z).clone()
+        reach = (_TAIL_SCALES + extra_scales).unsqueeze(-1) * scale
+        lower = (self.loc - reach).amin(dim=-1).expand_as(extra_scales).clone()
+        upper = (self.loc + reach).amax(dim=-1).expand_as(extra_scales).clone()
         width, narrowest = torch.stack([(upper - lower).max(), scale.min()]).tolist()
         if not math.isfinite(width):
             raise NonFiniteError("mixture parameters are not finite; cannot invert the CDF")
@@ -143,9 +177,9 @@ class ScalarMixture:
         n_iter = min(max_iter, max(1, math.ceil(math.log2(max(width, step) / step))))
         for _ in range(n_iter):
             middle = 0.5 * (lower + upper)
-            below = self.cdf(middle) < z
-            lower = torch.where(below, middle, lower)
-            upper = torch.where(below, upper, middle)
+            is_below = below(middle)
+            lower = torch.where(is_below, middle, lower)
+            upper = torch.where(is_below, upper, middle)
         return 0.5 * (lower + upper)
 
     @torch.no_grad()

@@ -1,0 +1,164 @@
+"""Flow++: what the shared bijection list (tests/test_bijections.py) does not cover: the
+mixture-logistic coupling's logit CDF and its inverse at sharp components, attention over
+all positions, dropout, the released parameter counts, and the CLI end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO, read_metrics, run_cli, whole_and_resumed
+from hydra.utils import instantiate
+
+from flowtrain.errors import ConfigError
+from flowtrain.flows.flowpp import MIN_LOG_SCALE, FlowPlusPlus, MixLogisticCoupling
+from flowtrain.flows.flowpp_network import FlowppNetwork
+from flowtrain.flows.mixture import ScalarMixture
+
+
+def _mixture(log_scale: float) -> ScalarMixture:
+    """Three logistic components, one of them of scale exp(log_scale), in float64."""
+    return ScalarMixture(torch.tensor([0.3, -1.0, 0.5], dtype=torch.float64),
+                         torch.tensor([-2.0, 0.1, 1.5], dtype=torch.float64),
+                         torch.tensor([0.2, log_scale, -0.5], dtype=torch.float64),
+                         "logistic")
+
+
+def test_log_cdf_and_survival_are_exact_where_the_cdf_rounds_to_one():
+    mixture = _mixture(-1.0)
+    x = torch.linspace(-5, 5, 101, dtype=torch.float64)
+    log_cdf, log_sf, log_pdf = mixture.log_cdf_sf_and_pdf(x)
+    assert torch.allclose(log_cdf.exp(), mixture.cdf(x))
+    assert torch.allclose(log_sf.exp(), 1 - mixture.cdf(x))
+    assert torch.allclose(log_pdf, mixture.log_pdf(x))
+    # x = 60: F(x) is 1 in float64, yet logit F keeps growing (as x over the widest scale)
+    far = torch.tensor([60.0, 80.0], dtype=torch.float64)
+    log_cdf, log_sf, _ = mixture.log_cdf_sf_and_pdf(far)
+    logit = log_cdf - log_sf
+    assert torch.isfinite(logit).all() and logit[1] > logit[0] > 30
+
+
+@pytest.mark.parametrize("log_scale", [0.0, MIN_LOG_SCALE])
+def test_the_logit_cdf_inverts_by_bisection_even_at_sharp_components(log_scale):
+    """A component of scale e^-7 (the released floor) puts most of a unit of logit within
+    0.001 of its mean: the bisection must still land there, and far into either tail."""
+    mixture = _mixture(log_scale)
+    y = torch.tensor([-40.0, -3.0, -0.2, 0.0, 0.1, 2.5, 40.0], dtype=torch.float64)
+    x = mixture.inverse_logit_cdf(y, tol=1e-9)
+    log_cdf, log_sf, _ = mixture.log_cdf_sf_and_pdf(x)
+    assert torch.allclose(log_cdf - log_sf, y, atol=1e-6)
+
+
+def test_a_sharp_coupling_round_trips():
+    """The coupling with every component at the released floor, scale e^-7: values within
+    a few such scales of a component come back to 1e-6 (far between components the CDF is
+    flat to float64 precision, and no bisection can tell points apart there)."""
+    torch.manual_seed(0)
+    coupling = MixLogisticCoupling(2, (2, 4), n_filters=4, n_blocks=1, n_components=3,
+                                   heads=2, dropout=0.0).double().eval()
+    with torch.no_grad():  # the output bias alone sets the parameters: a = 0.3, b = -0.2
+        bias = coupling.network.output.bias
+        bias[:2] = torch.tensor([0.3, -0.2], dtype=torch.float64)
+        bias[2 + 3:2 + 2 * 3] = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+        bias[2 + 2 * 3:] = -20.0  # the component log-scales, clamped to -7
+    generator = torch.Generator().manual_seed(1)
+    near = torch.randint(-1, 2, (3, 1, 2, 4), generator=generator).double()
+    x = torch.cat([torch.randn(3, 1, 2, 4, generator=generator, dtype=torch.float64),
+                   near + 0.003 * torch.randn(3, 1, 2, 4, generator=generator,
+                                              dtype=torch.float64)], dim=1)
+    z, log_det = coupling(x)
+    assert torch.isfinite(z).all() and torch.isfinite(log_det).all()
+    assert torch.allclose(coupling.inverse(z), x, atol=1e-6)
+
+
+def test_attention_lets_every_position_see_every_other():
+    """One block: convolutions alone reach 3 pixels; the far corner of an 8x8 map still
+    changes the output at the first pixel, through attention with no mask."""
+    torch.manual_seed(0)
+    network = FlowppNetwork(1, 2, (8, 8), n_filters=4, n_blocks=1, heads=2, dropout=0.0)
+    torch.nn.init.normal_(network.output.weight, std=0.1)
+    x = torch.randn(1, 1, 8, 8, requires_grad=True)
+    network(x)[0, :, 0, 0].sum().backward()
+    assert (x.grad[0, 0] != 0).all()
+
+
+def test_dropout_is_on_in_training_and_off_in_evaluation():
+    torch.manual_seed(0)
+    flow = FlowPlusPlus((1, 4, 4), n_filters=4, n_blocks=1, n_components=2, heads=2,
+                        dropout=0.5, column_in=1, channelwise=1, column_out=1)
+    for parameter in flow.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    x = torch.randn(4, 1, 4, 4)
+    flow.train()
+    assert not torch.equal(flow.log_prob(x), flow.log_prob(x))
+    flow.eval()
+    assert torch.equal(flow.log_prob(x), flow.log_prob(x))
+
+
+@pytest.mark.parametrize("shape, kwargs, message", [
+    ((1, 4, 6), {}, "width divisible by 4"),
+    ((1, 3, 4), {}, "height must be even"),
+    ((1, 4, 4), {"n_filters": 6, "heads": 4}, "divisible by model.heads"),
+    ((2,), {}, "takes images"),
+])
+def test_shapes_flowpp_cannot_take_name_the_constraint(shape, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        FlowPlusPlus(shape, **kwargs)
+
+
+# The counts the released scripts state in their docstrings (flows/run_cifar.py:
+# "Params: 31,443,440"; flows/ablations/abl_nodequant.py: "Params: 32,324,408").
+RELEASED = {"flowpp_cifar10": 31_443_440, "flowpp_cifar10_uniform": 32_324_408}
+
+
+@pytest.mark.parametrize("preset", sorted(RELEASED))
+def test_the_presets_have_the_released_parameter_counts(preset, tmp_path):
+    """Model and dequantizer together, as the released scripts count them."""
+    cfg = yaml.safe_load(run_cli(f"experiment={preset}", "--cfg", "job", cwd=tmp_path).stdout)
+    model = instantiate(cfg["model"], event_shape=(3, 32, 32))
+    dequantizer = instantiate(cfg["dequant"], levels=256, event_shape=(3, 32, 32))
+    total = sum(p.numel() for module in (model, dequantizer) for p in module.parameters())
+    assert total == RELEASED[preset]
+    assert f"{total:,} parameters" in (REPO / "conf" / "experiment" / f"{preset}.yaml"
+                                       ).read_text()
+
+
+TINY_FLOWPP = ["model=flowpp", "model.n_filters=4", "model.n_blocks=1",
+               "model.n_components=2", "model.heads=2", "model.dropout=0.1",
+               "model.column_in=1", "model.channelwise=1", "model.column_out=1",
+               "dequant=variational", "dequant.coupling=mixture_logistic",
+               "dequant.n_couplings=1", "dequant.n_filters=4", "dequant.n_blocks=1",
+               "dequant.n_components=2", "dequant.heads=2", "dequant.context_channels=2",
+               "dequant.dropout=0.1", "dequant.eval_samples=2", "data=digits",
+               "train.steps=6", "train.batch_size=4", "train.eval_every=3",
+               "train.sample_every=6", "train.checkpoint_every=3", "train.log_every=3",
+               "train.eval_batch_size=64", "train.n_samples=4", "train.grad_clip=1.0",
+               "train.ema_decay=0.9", "optim.schedule=constant", "device=cpu"]
+
+
+def test_flowpp_trains_with_its_dequantizer_and_resumes_exactly(tmp_path):
+    """Dropout in both networks draws from the training RNG, and the EMA weights are what
+    evaluation uses: a resumed run must still give the very same numbers."""
+    whole, split = whole_and_resumed(tmp_path, TINY_FLOWPP, stop_at=3)
+    assert whole["dequant_params"] > 0 and whole["eval_samples"] == 2
+    assert math.isfinite(whole["test_bpd"]) and whole["test_bpd_iw"] <= whole["test_bpd"] + 1e-9
+    assert split["steps"] == whole["steps"] == 6
+    for key in ("test_bpd", "test_bpd_iw", "best_val_bpd"):
+        assert split[key] == whole[key], key
+    run_dir = tmp_path / "whole"
+    log = (run_dir / "flowtrain.log").read_text()
+    assert f"{whole['params']:,} parameters ({whole['params'] + whole['dequant_params']:,} " \
+           f"with the dequantizer)" in log
+    out = tmp_path / "sampled"
+    run_cli("task=sample", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "sample.n=4",
+            "sample.interpolation_pairs=1", "sample.interpolation_steps=3",
+            f"hydra.run.dir={out}", cwd=tmp_path)
+    samples = np.load(out / "samples.npz")["samples"]
+    assert samples.shape == (4, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 16
+    assert read_metrics(run_dir)["params"] == sum(
+        p.numel() for p in FlowPlusPlus((1, 8, 8), n_filters=4, n_blocks=1, n_components=2,
+                                        heads=2, column_in=1, channelwise=1,
+                                        column_out=1).parameters())
