@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from flowtrain.checkpoint_config import check_same_setup
 from flowtrain.data.base import FlowData
 from flowtrain.errors import CheckpointError
-from flowtrain.flows.base import FlowModel
-from flowtrain.likelihood import Preprocessing
+from flowtrain.flows.base import Bijection, FlowModel
+from flowtrain.likelihood import Identity, Preprocessing, Standardize
 from flowtrain.training.average import WeightAverage
 from flowtrain.training.batches import BatchStream
 from flowtrain.training.checkpoint import (
@@ -47,10 +47,35 @@ def build_flow(cfg: DictConfig, data: FlowData, device: torch.device
                ) -> tuple[FlowModel, Preprocessing]:
     """The model and the data-to-model-space preprocessing the config names, for ``data``:
     what training builds and what a checkpoint is loaded into."""
-    model: FlowModel = instantiate(cfg.model, event_shape=data.event_shape).to(device)
-    dequantizer = instantiate(cfg.dequant, levels=data.levels,
-                              event_shape=tuple(data.event_shape))
-    return model, Preprocessing.for_data(dequantizer, data).to(device)
+    standardize = Standardize.fit(data.train) if data.standardize else Identity()
+    return build_for_shape(cfg, tuple(data.event_shape), data.levels, standardize, device)
+
+
+def build_for_shape(cfg: DictConfig, event_shape: tuple[int, ...], levels: int | None,
+                    standardize: Bijection, device: torch.device
+                    ) -> tuple[FlowModel, Preprocessing]:
+    """The config's model and preprocessing for examples of ``event_shape`` with ``levels``
+    (None: continuous), without the data: what a checkpoint alone can rebuild."""
+    model: FlowModel = instantiate(cfg.model, event_shape=event_shape).to(device)
+    dequantizer = instantiate(cfg.dequant, levels=levels, event_shape=event_shape)
+    return model, Preprocessing(dequantizer, standardize).to(device)
+
+
+def load_weights(model: FlowModel, preprocessing: Preprocessing, saved: dict, path: Path,
+                 fix: str) -> None:
+    """The checkpoint's evaluated weights (its average, when the run kept one) into
+    ``model`` and ``preprocessing``, each part checked to fit before anything is loaded."""
+    weights = evaluated_weights(saved)
+    for module, what in ((model, "model"), (preprocessing, "preprocessing")):
+        if not isinstance(weights.get(what), dict):
+            raise CheckpointError(f"{path} holds no {what} weights.")
+        check_state_dict_matches(module, weights[what], what, path, fix=fix)
+    for module, what in ((model, "model"), (preprocessing, "preprocessing")):
+        try:
+            module.load_state_dict(weights[what])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{path}: the {what} weights could not be loaded: "
+                                  f"{error}") from error
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
@@ -142,22 +167,33 @@ def check_data_fits(saved: dict, data: FlowData, path: Path) -> None:
                     shape.get("levels"), data.name, data.levels)
 
 
-def build_from_checkpoint(cfg: DictConfig, saved: dict, path: Path, device: torch.device
-                          ) -> tuple[FlowModel, Preprocessing, FlowData]:
-    """The model and preprocessing of a checkpoint, with its weights, and the data ``cfg``
-    names, every part checked to fit before anything is loaded."""
-    data: FlowData = instantiate(cfg.data)
-    check_data_fits(saved, data, path)
-    # Standardization statistics fitted here are replaced by the saved ones just below.
-    model, preprocessing = build_flow(cfg, data, device)
-    weights = evaluated_weights(saved)
-    for module, what in ((model, "model"), (preprocessing, "preprocessing")):
-        if not isinstance(weights.get(what), dict):
-            raise CheckpointError(f"{path} holds no {what} weights.")
-        check_state_dict_matches(module, weights[what], what, path, fix=_FIX_FOR_EVAL)
-        try:
-            module.load_state_dict(weights[what])
-        except (KeyError, ValueError, RuntimeError) as error:
-            raise CheckpointError(f"{path}: the {what} weights could not be loaded: "
-                                  f"{error}") from error
-    return model, preprocessing, data
+def checkpoint_shape(saved: dict, path: Path, data: FlowData | None
+                     ) -> tuple[tuple[int, ...], int | None]:
+    """The event shape and levels a checkpoint's model is rebuilt for: stored in it, or,
+    for a checkpoint older than that, those of ``data``. Given data with other levels (a
+    warning of ``check_data_fits``), its levels: bits/dim are then the new data's."""
+    shape = saved.get("data_shape")
+    if isinstance(shape, dict):
+        return tuple(shape["event_shape"]), data.levels if data else shape.get("levels")
+    if data is None:
+        raise CheckpointError(f"{path} does not say what data its model was trained on (it "
+                              f"was written before checkpoints did); evaluate it with "
+                              f"flowtrain task=eval ckpt={path} and its data set instead.")
+    return tuple(data.event_shape), data.levels
+
+
+def rebuild_from_checkpoint(cfg: DictConfig, saved: dict, path: Path, device: torch.device,
+                            data: FlowData | None = None, fix: str = _FIX_FOR_EVAL
+                            ) -> tuple[FlowModel, Preprocessing]:
+    """The model and preprocessing of a checkpoint, built from ``cfg`` (its stored config,
+    or that with evaluation keys changed) and its weights, without its data set: the one
+    restore path of ``flowtrain.load``, ``task=eval`` and ``task=sample``. ``data`` is
+    needed only by checkpoints that do not store their data shape."""
+    event_shape, levels = checkpoint_shape(saved, path, data)
+    preprocessing_weights = evaluated_weights(saved).get("preprocessing") or {}
+    # Placeholders: loading the weights puts the training split's statistics in.
+    standardize = (Standardize(torch.zeros(event_shape), torch.ones(event_shape))
+                   if "standardize.mean" in preprocessing_weights else Identity())
+    model, preprocessing = build_for_shape(cfg, event_shape, levels, standardize, device)
+    load_weights(model, preprocessing, saved, path, fix)
+    return model, preprocessing

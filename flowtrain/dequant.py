@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from flowtrain.errors import ConfigError
 from flowtrain.flows.base import Bijection, Compose, StandardNormal, image_shape
 from flowtrain.flows.coupling import AffineCoupling, ResNet, checkerboard_mask
-from flowtrain.flows.flowpp import on_column_halves
+from flowtrain.flows.flowpp import check_network_options, on_column_halves
 from flowtrain.flows.flowpp_network import ContextNetwork
 from flowtrain.flows.reshape import ColumnHalves
 
@@ -185,9 +185,8 @@ class VariationalDequantization(UniformDequantization):
             if width % 2:
                 raise ConfigError(f"dequant.coupling=mixture_logistic splits columns in "
                                   f"pairs, so the width must be even; got {width}")
-            if n_filters % heads:
-                raise ConfigError(f"dequant.n_filters={n_filters} must be divisible by "
-                                  f"dequant.heads={heads}")
+            check_network_options("dequant", n_filters, n_blocks, n_components, heads,
+                                  dropout)
             self.encoder = ContextNetwork(2 * channels, context_channels,
                                           FLOWPP_CONTEXT_BLOCKS, dropout)
             network = {"n_filters": n_filters, "n_blocks": n_blocks, "heads": heads,

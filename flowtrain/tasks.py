@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from flowtrain.build import build_from_checkpoint
+from flowtrain.build import check_data_fits, checkpoint_shape, rebuild_from_checkpoint
 from flowtrain.checkpoint_config import check_held_out, checkpoint_config
 from flowtrain.config import SampleConfig, Split, Task
 from flowtrain.data.base import FlowData
-from flowtrain.errors import ConfigError
+from flowtrain.errors import ConfigError, DataError, user_error_in
 from flowtrain.flows.base import FlowModel
 from flowtrain.latent import interpolate
 from flowtrain.likelihood import Preprocessing
@@ -44,7 +45,8 @@ _NAME_A_CHECKPOINT = ("Pass ckpt=PATH to a checkpoint file, such as "
 
 @dataclass
 class Restored:
-    """A checkpoint rebuilt under the config it runs with now."""
+    """A checkpoint rebuilt under the config it runs with now; ``data`` is None where
+    ``task=sample`` found none (samples need none, the interpolation does)."""
 
     path: Path
     cfg: DictConfig
@@ -52,12 +54,31 @@ class Restored:
     device: torch.device
     model: FlowModel
     preprocessing: Preprocessing
-    data: FlowData
+    data: FlowData | None
+    event_shape: tuple[int, ...]
+    levels: int | None
+
+
+def _data_for(task: Task, cfg: DictConfig, saved: dict, path: Path) -> FlowData | None:
+    """The data set ``cfg`` names, checked to fit the checkpoint. ``task=eval`` needs it;
+    ``task=sample`` goes on without it when it is missing (a CIFAR-10 model samples
+    without the CIFAR-10 files), saying what it leaves out."""
+    try:
+        data: FlowData = instantiate(cfg.data)
+    except Exception as error:
+        if task is Task.eval or not isinstance(user_error_in(error), DataError) \
+                or "data_shape" not in saved:
+            raise
+        log.warning("no interpolation and no data-dependent pictures: %s",
+                    user_error_in(error))
+        return None
+    check_data_fits(saved, data, path)
+    return data
 
 
 def restore_checkpoint(cfg: DictConfig, typed_overrides: list[str]) -> Restored:
-    """Load ``cfg.ckpt`` and rebuild its model, preprocessing and data, under its stored
-    config with the command line's evaluation and sampling keys on top."""
+    """Load ``cfg.ckpt`` and rebuild its model and preprocessing (and the data), under its
+    stored config with the command line's evaluation and sampling keys on top."""
     task = Task(cfg.task)
     if cfg.ckpt is None:
         raise ConfigError(f"task={task.value} needs a checkpoint: add ckpt=PATH (a run "
@@ -68,11 +89,14 @@ def restore_checkpoint(cfg: DictConfig, typed_overrides: list[str]) -> Restored:
     check_held_out(saved, run_cfg, path)
     device = select_device(run_cfg.device)
     seed_everything(run_cfg.seed)
-    model, preprocessing, data = build_from_checkpoint(run_cfg, saved, path, device)
+    data = _data_for(task, run_cfg, saved, path)
+    model, preprocessing = rebuild_from_checkpoint(run_cfg, saved, path, device, data)
+    event_shape, levels = checkpoint_shape(saved, path, data)
     step = int(saved.get("step", 0))
     log.info("%s: step %d, model %s, data %s", path, step,
-             run_cfg.model._target_.rsplit(".", 1)[-1], data.name)
-    return Restored(path, run_cfg, step, device, model, preprocessing, data)
+             run_cfg.model._target_.rsplit(".", 1)[-1], data.name if data else "not loaded")
+    return Restored(path, run_cfg, step, device, model, preprocessing, data, event_shape,
+                    levels)
 
 
 def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
@@ -116,46 +140,50 @@ def check_sample_config(cfg: SampleConfig) -> None:
         raise ConfigError(f"sample.temperature must be positive; got {cfg.temperature}")
 
 
-def _as_data(values: torch.Tensor, data: FlowData) -> np.ndarray:
-    """Data-space values as the data set stores them (integers for images)."""
-    return values.cpu().to(data.train.dtype).numpy()
+def _as_data(values: torch.Tensor, levels: int | None) -> np.ndarray:
+    """Data-space values as the data sets store them: uint8 for up to 256 levels."""
+    if levels is None:
+        return values.cpu().numpy()
+    return values.cpu().to(torch.uint8 if levels <= 256 else torch.int64).numpy()
 
 
 def sample_checkpoint(restored: Restored, run_dir: Path) -> None:
     """``sample.n`` samples at ``sample.temperature`` from a generator seeded with
     ``sample.seed``: samples.npz and a picture; for images also the interpolation."""
-    cfg, model, preprocessing, data = (restored.cfg.sample, restored.model,
-                                       restored.preprocessing, restored.data)
+    cfg, model, preprocessing = restored.cfg.sample, restored.model, restored.preprocessing
     generator = torch.Generator(restored.device).manual_seed(cfg.seed)
     with evaluation_mode(model, preprocessing):
         samples = preprocessing.restore(model.sample(cfg.n, temperature=cfg.temperature,
                                                      generator=generator))
-    np.savez(run_dir / "samples.npz", samples=_as_data(samples, data),
+    np.savez(run_dir / "samples.npz", samples=_as_data(samples, restored.levels),
              temperature=cfg.temperature, seed=cfg.seed, step=restored.step)
-    written = ["samples.npz", *save_sample_pictures(model, preprocessing, data, samples,
-                                                    run_dir)]
-    if is_image_data(data) and cfg.interpolation_pairs > 0:
+    written = ["samples.npz", *save_sample_pictures(restored, samples, run_dir)]
+    if is_image(restored) and cfg.interpolation_pairs > 0 and restored.data is not None:
         written += save_interpolation(restored, cfg, run_dir)
     log.info("%d samples at temperature %g (sample.seed=%d): %s in %s", cfg.n,
              cfg.temperature, cfg.seed, ", ".join(written), run_dir)
 
 
-def is_image_data(data: FlowData) -> bool:
-    return len(data.event_shape) == 3 and data.levels is not None
+def is_image(restored: Restored) -> bool:
+    return len(restored.event_shape) == 3 and restored.levels is not None
 
 
-def save_sample_pictures(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
-                         samples: torch.Tensor, run_dir: Path) -> list[str]:
+def save_sample_pictures(restored: Restored, samples: torch.Tensor, run_dir: Path
+                         ) -> list[str]:
     """samples.png (images: all of them in one grid) or, for 1-D and 2-D points, the
-    training run's figures drawn with these samples; the files written."""
-    if is_image_data(data):
-        pictures = {"samples": image_grid(samples, data.levels)}
-    else:
+    training run's figures drawn with these samples (they need the data); the files
+    written."""
+    model, preprocessing, data = restored.model, restored.preprocessing, restored.data
+    if is_image(restored):
+        pictures = {"samples": image_grid(samples, restored.levels)}
+    elif data is not None:
         with evaluation_mode(model, preprocessing):
             pictures = figures_for(model, preprocessing, data, lambda _: samples, len(samples))
-        if not pictures:
-            log.info("no picture for data of shape %s; the samples are in samples.npz",
-                     data.event_shape)
+    else:
+        pictures = {}
+    if not pictures:
+        log.info("no picture for data of shape %s; the samples are in samples.npz",
+                 restored.event_shape)
     for name, picture in pictures.items():
         save_picture(picture, run_dir / f"{name}.png")
     return [f"{name}.png" for name in pictures]
@@ -177,7 +205,8 @@ def save_interpolation(restored: Restored, cfg: SampleConfig, run_dir: Path) -> 
     save_picture(image_grid(walk.restored.flatten(0, 1), data.levels,
                             per_row=cfg.interpolation_steps), run_dir / "interpolation.png")
     np.savez(run_dir / "interpolation.npz", indices=indices.numpy(),
-             pairs=_as_data(walk.pairs, data), restored=_as_data(walk.restored, data),
+             pairs=_as_data(walk.pairs, restored.levels),
+             restored=_as_data(walk.restored, restored.levels),
              encoded=walk.encoded.cpu().numpy(), decoded=walk.decoded.cpu().numpy())
     return ["interpolation.png", "interpolation.npz"]
 

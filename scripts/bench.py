@@ -32,12 +32,16 @@ REPO = Path(__file__).resolve().parent.parent
 SIZES = {  # the no-argument model on MNIST-sized images, and the seed's full size with
     # the seed's own residual block (1x1 -> 3x3 -> 1x1), so that a comparison with the
     # seed's code is at equal architecture
-    "small": {"shape": (1, 28, 28), "realnvp": {}, "pixelcnn_arflow": {}},
+    "small": {"shape": (1, 28, 28), "realnvp": {}, "pixelcnn_arflow": {}, "flowpp": {}},
     "full": {"shape": (3, 32, 32),
              "realnvp": {"n_filters": 128, "n_blocks": 8, "residual_block": "bottleneck"},
-             "pixelcnn_arflow": {"n_filters": 128, "n_blocks": 8}},
+             "pixelcnn_arflow": {"n_filters": 128, "n_blocks": 8},
+             # experiment=flowpp_cifar10's model (its dequantizer not included)
+             "flowpp": {"n_filters": 96, "n_blocks": 10, "n_components": 32, "dropout": 0.2}},
 }
-MODELS = ["plain_realnvp", "realnvp", "realnvp_networks_only", "pixelcnn_arflow"]
+MODELS = ["plain_realnvp", "realnvp", "realnvp_networks_only", "pixelcnn_arflow", "flowpp"]
+# Rows compared with the plain RealNVP baseline: the RealNVP variants.
+COMPARED_WITH_BASELINE = ("plain_realnvp", "realnvp", "realnvp_networks_only")
 # Dense tensor-core peaks from the vendors' data sheets, TFLOP/s: (bf16, tf32). fp32 rows
 # use the TF32 peak, since PyTorch lets cuDNN run fp32 convolutions as TF32 by default.
 PEAK_TFLOPS = {"H100 PCIe": (756.0, 378.0), "H100": (989.4, 494.7),
@@ -48,12 +52,15 @@ MODES = ["eager", "compile", "bf16", "channels_last"]
 def build(model_name: str, size: str) -> torch.nn.Module:
     from plain_realnvp import CouplingNetworksOnly, PlainRealNVP
 
+    from flowtrain.flows.flowpp import FlowPlusPlus
     from flowtrain.flows.pixelcnn import PixelCNNFlow
     from flowtrain.flows.realnvp import RealNVP
 
     shape = SIZES[size]["shape"]
     if model_name == "pixelcnn_arflow":
         return PixelCNNFlow(shape, **SIZES[size]["pixelcnn_arflow"])
+    if model_name == "flowpp":
+        return FlowPlusPlus(shape, **SIZES[size]["flowpp"])
     model = RealNVP(shape, **SIZES[size]["realnvp"])
     wrappers = {"plain_realnvp": PlainRealNVP, "realnvp_networks_only": CouplingNetworksOnly}
     return wrappers[model_name](model) if model_name in wrappers else model
@@ -211,14 +218,15 @@ def markdown(rows: list[dict], device: torch.device) -> str:
              "the achieved rate by the device's dense bf16 (bf16 rows) or TF32 peak. "
              "Sizes: small is the no-argument RealNVP (32 filters, 2 basic blocks) on "
              "1x28x28; full is the seed's RealNVP (128 filters, 8 of the seed's bottleneck "
-             "blocks) and a 128 x 8 PixelCNN flow on 3x32x32.\n",
+             "blocks), a 128 x 8 PixelCNN flow and experiment=flowpp_cifar10's Flow++ model "
+             "(without its dequantizer) on 3x32x32; small uses each model's defaults.\n",
              "| model | size | mode | batch | train images/s | speed-up vs plain | samples/s "
              "| peak memory (MiB) | GFLOP/image | TFLOP/s | MFU |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     baseline = {row["size"]: row["train_images_per_s"] for row in rows
                 if row["model"] == "plain_realnvp" and row["mode"] == "eager"}
     for row in rows:
-        compared = row["model"] != "pixelcnn_arflow" and row["size"] in baseline
+        compared = row["model"] in COMPARED_WITH_BASELINE and row["size"] in baseline
         speedup = row["train_images_per_s"] / baseline[row["size"]] if compared else None
         mfu = f"{row['mfu']:.1%}" if "mfu" in row else ""
         lines.append(f"| {row['model']} | {row['size']} ({row['shape']}) | {row['mode']} | "

@@ -26,6 +26,30 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def run(run_dir: Path, overrides: list[str]) -> dict:
+    """``train``'s metrics with the run's batch size (from the config it saved) added."""
+    from omegaconf import OmegaConf
+
+    metrics = train(run_dir, overrides)
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    return metrics | {"batch_size": config.train.batch_size}
+
+
+def training_seconds(metrics: dict) -> float:
+    """Seconds a run spent in training steps alone (no evaluations, no pictures)."""
+    return metrics["steps"] * metrics["batch_size"] / metrics["train_samples_per_s"]
+
+
+CALIBRATION_STEPS = 40
+
+
+def steps_in(seconds: float, run_dir: Path, overrides: list[str]) -> int:
+    """How many steps of this run fit in ``seconds`` of training, from a short timing run
+    (``CALIBRATION_STEPS`` steps, one sample) into ``run_dir``."""
+    probe = run(run_dir, [*overrides, "train.n_samples=1", f"train.steps={CALIBRATION_STEPS}"])
+    return round(seconds * probe["train_samples_per_s"] / probe["batch_size"])
+
+
 def selection(metrics: dict, per_dim: str = "bpd", digits: int = 3) -> str:
     """"1.905 (step 1500) | 1.912 | 1.912": best.pt's validation result and step, its test
     result, and the last model's test result, as three table cells."""

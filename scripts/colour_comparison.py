@@ -17,31 +17,25 @@ import tempfile
 from pathlib import Path
 
 import matplotlib
-from omegaconf import OmegaConf
 
 matplotlib.use("Agg")
-from cli_runs import last_image, save_panels, selection, setup_line, train  # noqa: E402
+from cli_runs import (  # noqa: E402
+    last_image,
+    run,
+    save_panels,
+    selection,
+    setup_line,
+    steps_in,
+    training_seconds,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = ["data=photo_patches", "device=cpu",
           "train.n_samples=16"]  # a 4x4 grid: the PixelCNN flow samples value by value
-CALIBRATION_STEPS = 40
 # The PixelCNN flow's default on photo patches is lr 1e-2 (conf/data_model/); 1e-3 is the
 # small_images regime's, which every other model takes.
 PIXELCNN_RUNS = {"pixelcnn_arflow (lr 1e-2)": [],
                  "pixelcnn_arflow, lr 1e-3": ["optim.lr=1e-3"]}
-
-
-def run(run_dir: Path, overrides: list[str]) -> dict:
-    """The run's metrics, with its batch size (from the config it saved) added."""
-    metrics = train(run_dir, overrides)
-    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    return metrics | {"batch_size": config.train.batch_size}
-
-
-def training_seconds(metrics: dict) -> float:
-    """Seconds spent in training steps alone."""
-    return metrics["steps"] * metrics["batch_size"] / metrics["train_samples_per_s"]
 
 
 def main() -> None:
@@ -55,10 +49,7 @@ def main() -> None:
         rows, images = [("realnvp", realnvp)], [last_image(runs / "realnvp", "samples")]
         for index, (name, overrides) in enumerate(PIXELCNN_RUNS.items()):
             pixelcnn = [*common, "model=pixelcnn_arflow", *overrides]
-            probe = run(runs / f"probe{index}", [*pixelcnn, "train.n_samples=1",
-                                                 f"train.steps={CALIBRATION_STEPS}"])
-            steps = round(training_seconds(realnvp) * probe["train_samples_per_s"]
-                          / probe["batch_size"])
+            steps = steps_in(training_seconds(realnvp), runs / f"probe{index}", pixelcnn)
             rows.append((name, run(runs / str(index), [*pixelcnn, f"train.steps={steps}"])))
             images.append(last_image(runs / str(index), "samples"))
     titles = [f"{name}: {metrics['steps']} steps\ntest {metrics['test_bpd_at_best']:.3f} "

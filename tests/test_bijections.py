@@ -166,7 +166,7 @@ MODELS = {
                                                      n_blocks=0),
     "flowpp-1x4x4": lambda: FlowPlusPlus((1, 4, 4), n_filters=4, n_blocks=1, n_components=3,
                                          heads=2, column_in=2, channelwise=1, column_out=1),
-    "flowpp-3x2x4-no-blocks": lambda: FlowPlusPlus((3, 2, 4), n_filters=2, n_blocks=0,
+    "flowpp-3x2x4-one-head": lambda: FlowPlusPlus((3, 2, 4), n_filters=2, n_blocks=1,
                                                    n_components=2, heads=1, column_in=1,
                                                    channelwise=1, column_out=1),
 }
@@ -199,6 +199,9 @@ CASES = {
     "swap_halves": Case(SwapHalves, normal(4, 2, 3)),
     "halves_invertible_conv": Case(lambda: HalvesInvertibleConv(6), normal(6, 2, 2)),
     "dense_invertible_conv_1x1": Case(lambda: DenseInvertibleConv1x1(3), normal(3, 2, 2)),
+    # an inverse whose log-det is not zero: its sign is checked
+    "inverse-dense_invertible_conv_1x1": Case(lambda: Inverse(DenseInvertibleConv1x1(3)),
+                                              normal(3, 2, 2)),
     "mix_logistic_coupling": Case(
         lambda: MixLogisticCoupling(4, (2, 3), n_filters=4, n_blocks=1, n_components=3,
                                     heads=2, dropout=0.0), normal(4, 2, 3)),
@@ -263,7 +266,7 @@ GENTLER_PERTURBATION = {"glow-released-affine-3x4x4": 0.05,
                         "glow-released-additive-1x4x4": 0.05,
                         "released_glow_coupling-affine": 0.05,
                         "released_glow_coupling-additive": 0.05,
-                        "flowpp-1x4x4": 0.1, "flowpp-3x2x4-no-blocks": 0.1,
+                        "flowpp-1x4x4": 0.1, "flowpp-3x2x4-one-head": 0.1,
                         "variational_noise-mixture_logistic": 0.1}
 
 

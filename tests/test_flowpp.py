@@ -13,10 +13,13 @@ import yaml
 from conftest import REPO, read_metrics, run_cli, whole_and_resumed
 from hydra.utils import instantiate
 
+from flowtrain.dequant import VariationalDequantization
 from flowtrain.errors import ConfigError
-from flowtrain.flows.flowpp import MIN_LOG_SCALE, FlowPlusPlus, MixLogisticCoupling
+from flowtrain.flows.actnorm import ActNorm
+from flowtrain.flows.flowpp import RELEASED_MIN_LOG_SCALE, FlowPlusPlus, MixLogisticCoupling
 from flowtrain.flows.flowpp_network import FlowppNetwork
 from flowtrain.flows.mixture import ScalarMixture
+from flowtrain.flows.reshape import ColumnHalves, SpaceToDepth
 
 
 def _mixture(log_scale: float) -> ScalarMixture:
@@ -41,7 +44,7 @@ def test_log_cdf_and_survival_are_exact_where_the_cdf_rounds_to_one():
     assert torch.isfinite(logit).all() and logit[1] > logit[0] > 30
 
 
-@pytest.mark.parametrize("log_scale", [0.0, MIN_LOG_SCALE])
+@pytest.mark.parametrize("log_scale", [0.0, RELEASED_MIN_LOG_SCALE])
 def test_the_logit_cdf_inverts_by_bisection_even_at_sharp_components(log_scale):
     """A component of scale e^-7 (the released floor) puts most of a unit of logit within
     0.001 of its mean: the bisection must still land there, and far into either tail."""
@@ -74,6 +77,45 @@ def test_a_sharp_coupling_round_trips():
     assert torch.allclose(coupling.inverse(z), x, atol=1e-6)
 
 
+def test_the_splits_order_values_as_released():
+    """Exact orders, which a round trip cannot tell apart: TensorFlow's space_to_depth puts
+    the top row of each 2x2 patch first, and the released "checkerboard" pairs columns."""
+    image = torch.arange(8.0).view(1, 2, 2, 2)  # channels 0..3 and 4..7
+    squeezed, _ = SpaceToDepth()(image)
+    assert squeezed.flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    row = torch.arange(4.0).view(1, 1, 1, 4)
+    halves, _ = ColumnHalves()(row)
+    assert halves.view(2, 2).tolist() == [[0, 2], [1, 3]]
+
+
+def test_per_position_actnorm_standardizes_every_element_on_its_first_batch():
+    torch.manual_seed(0)
+    actnorm = ActNorm(2, size=(3, 4))
+    x = torch.randn(64, 2, 3, 4) * torch.rand(1, 2, 3, 4) * 5 + torch.randn(1, 2, 3, 4)
+    z, log_det = actnorm(x)
+    assert torch.allclose(z.mean(dim=0), torch.zeros(2, 3, 4), atol=1e-5)
+    assert torch.allclose(z.std(dim=0, unbiased=False), torch.ones(2, 3, 4), atol=1e-4)
+    expected = -torch.log(x.std(dim=0, unbiased=False)).sum()
+    assert torch.allclose(log_det, expected.expand(64), atol=1e-3)
+
+
+def test_the_dequantizers_dropout_is_on_in_training_only():
+    torch.manual_seed(0)
+    dequantizer = VariationalDequantization(17, event_shape=(1, 4, 4), n_couplings=1,
+                                            n_filters=4, n_blocks=1, context_channels=2,
+                                            coupling="mixture_logistic", n_components=2,
+                                            heads=2, dropout=0.5)
+    for parameter in dequantizer.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    eps, x = torch.randn(3, 1, 4, 4), torch.randint(0, 17, (3, 1, 4, 4)).float()
+    dequantizer.train()
+    assert not torch.equal(dequantizer.transform_noise(eps, x)[0],
+                           dequantizer.transform_noise(eps, x)[0])
+    dequantizer.eval()
+    assert torch.equal(dequantizer.transform_noise(eps, x)[0],
+                       dequantizer.transform_noise(eps, x)[0])
+
+
 def test_attention_lets_every_position_see_every_other():
     """One block: convolutions alone reach 3 pixels; the far corner of an 8x8 map still
     changes the output at the first pixel, through attention with no mask."""
@@ -102,11 +144,19 @@ def test_dropout_is_on_in_training_and_off_in_evaluation():
     ((1, 4, 6), {}, "width divisible by 4"),
     ((1, 3, 4), {}, "height must be even"),
     ((1, 4, 4), {"n_filters": 6, "heads": 4}, "divisible by model.heads"),
+    ((1, 4, 4), {"n_blocks": 0}, "n_blocks.*at least 1"),
+    ((1, 4, 4), {"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
     ((2,), {}, "takes images"),
 ])
 def test_shapes_flowpp_cannot_take_name_the_constraint(shape, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         FlowPlusPlus(shape, **kwargs)
+
+
+def test_the_mixture_dequantizer_checks_its_network_options():
+    with pytest.raises(ConfigError, match="dequant.n_filters=6 must be divisible"):
+        VariationalDequantization(17, event_shape=(1, 4, 4), n_filters=6, heads=4,
+                                  coupling="mixture_logistic")
 
 
 # The counts the released scripts state in their docstrings (flows/run_cifar.py:
@@ -122,6 +172,11 @@ def test_the_presets_have_the_released_parameter_counts(preset, tmp_path):
     dequantizer = instantiate(cfg["dequant"], levels=256, event_shape=(3, 32, 32))
     total = sum(p.numel() for module in (model, dequantizer) for p in module.parameters())
     assert total == RELEASED[preset]
+    if preset == "flowpp_cifar10":  # the dequantizer's share, stated in its own file
+        n_dequantizer = sum(p.numel() for p in dequantizer.parameters())
+        assert n_dequantizer == 3_466_976
+        assert f"{n_dequantizer:,} parameters" in (REPO / "conf" / "dequant" / "flowpp.yaml"
+                                                   ).read_text()
     assert f"{total:,} parameters" in (REPO / "conf" / "experiment" / f"{preset}.yaml"
                                        ).read_text()
 

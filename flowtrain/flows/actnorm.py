@@ -33,8 +33,9 @@ class ActNorm(Bijection):
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Zero mean, unit variance per channel on this batch (all-reduced when the batch
-        is split across processes, so every process starts identical)."""
+        """Zero mean, unit variance per channel (or per element) on this batch
+        (all-reduced when the batch is split across processes, so every process starts
+        identical)."""
         dims = (0,) if self.per_position else (0, 2, 3)
         mean, mean_square = x.mean(dim=dims), x.square().mean(dim=dims)
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -29,8 +29,8 @@ from flowtrain.flows.invconv import DenseInvertibleConv1x1
 from flowtrain.flows.mixture import Family, ScalarMixture
 from flowtrain.flows.reshape import ColumnHalves, SpaceToDepth, SwapHalves
 
-# flowpp's flows.py MixLogisticCDF: min_logscale=-7.
-MIN_LOG_SCALE = -7.0
+# flowpp's flows.py MixLogisticCDF: min_logscale=-7 (ScalarMixture's own floor is lower).
+RELEASED_MIN_LOG_SCALE = -7.0
 
 
 class MixLogisticCoupling(Bijection):
@@ -60,7 +60,7 @@ class MixLogisticCoupling(Bijection):
                                          height, width).movedim(2, -1)
         log_scale, shift = torch.tanh(out[..., 0]), out[..., 1]
         logits, loc, component_log_scale = out[..., 2:].chunk(3, dim=-1)
-        mixture = ScalarMixture(logits, loc, component_log_scale.clamp_min(MIN_LOG_SCALE),
+        mixture = ScalarMixture(logits, loc, component_log_scale.clamp_min(RELEASED_MIN_LOG_SCALE),
                                 Family.logistic)
         return mixture, log_scale, shift
 
@@ -121,13 +121,25 @@ def on_column_halves(shape: tuple[int, int, int], count: int, network: dict
             Inverse(ColumnHalves())]
 
 
-# The released CIFAR-10 model's steps (flows/run_cifar.py): 4 on column halves,
-# squeeze, 2 on channel halves, 3 on column halves.
-RELEASED_LAYOUT = (4, 2, 3)
+def check_network_options(prefix: str, n_filters: int, n_blocks: int, n_components: int,
+                          heads: int, dropout: float) -> None:
+    """What every Flow++ coupling network needs, named under ``prefix`` (model or dequant):
+    at least one block (the position embedding and any context enter through the blocks),
+    heads that divide the width."""
+    if min(n_filters, n_blocks, n_components, heads) < 1:
+        raise ConfigError(f"{prefix}.n_filters, {prefix}.n_blocks, {prefix}.n_components and "
+                          f"{prefix}.heads must be at least 1; got {n_filters}, {n_blocks}, "
+                          f"{n_components} and {heads}")
+    if n_filters % heads:
+        raise ConfigError(f"{prefix}.n_filters={n_filters} must be divisible by {prefix}.heads"
+                          f"={heads}: each attention head takes n_filters / heads channels")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"{prefix}.dropout must be in [0, 1); got {dropout}")
 
 
 class FlowPlusPlus(FlowModel):
-    """``model=flowpp``: the released CIFAR-10 structure, its counts settable
+    """``model=flowpp``: the released CIFAR-10 structure (flows/run_cifar.py: 4 steps on
+    column halves, squeeze, 2 on channel halves, 3 on column halves), its counts settable
     (``column_in``, ``channelwise``, ``column_out``). The squeeze is undone at the end,
     which moves no density, so the base is N(0, I) over the image's own shape."""
 
@@ -135,15 +147,10 @@ class FlowPlusPlus(FlowModel):
                  n_components: int = 8, heads: int = 4, dropout: float = 0.0,
                  column_in: int = 4, channelwise: int = 2, column_out: int = 3):
         channels, height, width = image_shape(event_shape, "model=flowpp", FOR_POINTS)
-        if min(n_filters, n_components, heads) < 1 or min(n_blocks, column_in,
-                                                         channelwise, column_out) < 0:
-            raise ConfigError("model.n_filters, model.n_components and model.heads must be "
-                              "at least 1; model.n_blocks and the step counts at least 0")
-        if n_filters % heads:
-            raise ConfigError(f"model.n_filters={n_filters} must be divisible by model.heads="
-                              f"{heads}: each attention head takes n_filters / heads channels")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1); got {dropout}")
+        check_network_options("model", n_filters, n_blocks, n_components, heads, dropout)
+        if min(column_in, channelwise, column_out) < 0:
+            raise ConfigError("model.column_in, model.channelwise and model.column_out must "
+                              "be at least 0")
         if height % 2 or width % 4:
             raise ConfigError(f"Flow++ splits columns in pairs before and after a 2x2 squeeze, "
                               f"so the height must be even and the width divisible by 4; got "

@@ -33,8 +33,8 @@ def gate(x: Tensor) -> Tensor:
 
 
 class GatedResidualConv(nn.Module):
-    """``gated_conv``: x + gate(out(concat_elu(dropout(concat_elu(conv(concat_elu(x)) +
-    nin(concat_elu(context))))))). ``out`` is 1x1 inside the coupling networks (use_nin)
+    """``gated_conv``: x + gate(out(dropout(concat_elu(conv(concat_elu(x)) +
+    nin(concat_elu(context)))))). ``out`` is 1x1 inside the coupling networks (use_nin)
     and 3x3 in the dequantizer's context network."""
 
     def __init__(self, n_filters: int, dropout: float, context_channels: int = 0,

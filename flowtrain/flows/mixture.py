@@ -10,6 +10,7 @@ need the CDF of the logistic family, a bisection inverse, and sampling from a gi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -161,7 +162,8 @@ class ScalarMixture:
             return log_cdf - log_sf < y
         return self._bisect(below, y.abs(), tol, max_iter)
 
-    def _bisect(self, below, extra_scales: Tensor, tol: float, max_iter: int) -> Tensor:
+    def _bisect(self, below: Callable[[Tensor], Tensor], extra_scales: Tensor, tol: float,
+                max_iter: int) -> Tensor:
         """The x where ``below(x)`` turns false, bracketed by the outermost components
         plus ``_TAIL_SCALES + extra_scales`` of their scales. All elements are bisected
         together for a fixed number of halvings, computed once from the widest bracket,

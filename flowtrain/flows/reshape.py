@@ -38,8 +38,6 @@ class Unsqueeze(Bijection):
         return squeeze(z)
 
 
-
-
 class SpaceToDepth(Bijection):
     """[B, C, H, W] -> [B, 4C, H/2, W/2] in TensorFlow's ``space_to_depth`` order, which
     Flow++'s released model squeezes with: output channel (2 dy + dx) C + c, so the
