@@ -207,6 +207,19 @@ class PhotoPatchesConfig:
 
 
 @dataclass
+class ImageFolderConfig:
+    _target_: str = "flowtrain.data.image_folder.ImageFolderData"
+    root: str = MISSING
+    size: int = 32  # short side resized to this, then the centre crop
+    channels: int = 3  # 1: grayscale, 3: RGB
+    n_test: int = 100  # of a seeded permutation, unless test_root names a test folder
+    test_root: Optional[str] = None  # noqa: UP045
+    n_val: Optional[int] = None  # noqa: UP045 - of the training images; null: 10%; 0: none
+    seed: int = 0
+    hflip: bool = False
+
+
+@dataclass
 class DigitsConfig:
     _target_: str = "flowtrain.data.images.Digits"
     n_test: int = 297
@@ -373,7 +386,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig,
              "image_array": ImageArrayConfig,
              "torchvision": TorchvisionConfig, "digits": DigitsConfig,
-             "photo_patches": PhotoPatchesConfig},
+             "photo_patches": PhotoPatchesConfig, "image_folder": ImageFolderConfig},
     "dequant": {"none": NoDequantConfig, "uniform": UniformDequantConfig,
                 "auto": AutoDequantConfig, "variational": VariationalDequantConfig},
     "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "adamax": AdamaxConfig,
