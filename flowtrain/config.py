@@ -17,6 +17,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from flowtrain.data.imagenet import ImageNetFormat
 from flowtrain.data.images import TorchvisionName
 from flowtrain.data.toy2d import Toy2DName
 from flowtrain.dequant import NoiseCoupling
@@ -220,6 +221,16 @@ class ImageFolderConfig:
 
 
 @dataclass
+class ImageNetConfig:
+    _target_: str = "flowtrain.data.imagenet.DownsampledImageNet"
+    root: str = MISSING
+    size: int = 32  # 32 or 64
+    format: ImageNetFormat = ImageNetFormat.auto  # auto | folders (2016) | npz (2017)
+    n_val: int = 10_000  # of the training images; 0: none
+    hflip: bool = False
+
+
+@dataclass
 class DigitsConfig:
     _target_: str = "flowtrain.data.images.Digits"
     n_test: int = 297
@@ -386,7 +397,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig,
              "image_array": ImageArrayConfig,
              "torchvision": TorchvisionConfig, "digits": DigitsConfig,
-             "photo_patches": PhotoPatchesConfig, "image_folder": ImageFolderConfig},
+             "photo_patches": PhotoPatchesConfig, "image_folder": ImageFolderConfig,
+             "imagenet": ImageNetConfig},
     "dequant": {"none": NoDequantConfig, "uniform": UniformDequantConfig,
                 "auto": AutoDequantConfig, "variational": VariationalDequantConfig},
     "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "adamax": AdamaxConfig,

@@ -117,6 +117,7 @@ def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
         "checkpoint": str(restored.path.resolve()),
         "step": restored.step,
         "data": data.name,
+        **({"data_version": data.version} if data.version else {}),
         "split": split,
         f"n_{split}": len(points),
         **metrics,

@@ -18,20 +18,42 @@ VALIDATION_SEED = 0
 UNIT_NAMES = {"bpd": "bits/dim", "nll": "nats per point"}
 
 
+def _validation_indices(n: int, n_val: int, name: str) -> tuple[Tensor, Tensor]:
+    """(the training examples kept, in order; the ``n_val`` validation examples), chosen by
+    a fixed permutation of ``n`` examples."""
+    if not 0 <= n_val < n:
+        raise DataError(f"{name}: data.n_val must be between 0 (no validation split) and "
+                        f"{n - 1} (the training split has {n} examples); got {n_val}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    return order[:n - n_val].sort().values, order[n - n_val:]
+
+
 def carve_validation(train: Tensor, n_val: int, name: str) -> tuple[Tensor, Tensor | None]:
     """(train without the validation examples, the ``n_val`` validation examples), chosen
     by a fixed permutation; the training examples keep their order. n_val=0: (train, None)."""
     if len(train) == 0:  # FlowData names the empty split
         return train, None
-    if not 0 <= n_val < len(train):
-        raise DataError(f"{name}: data.n_val must be between 0 (no validation split) and "
-                        f"{len(train) - 1} (the training split has {len(train)} examples); "
-                        f"got {n_val}")
+    kept, validation = _validation_indices(len(train), n_val, name)
     if n_val == 0:
         return train, None
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VALIDATION_SEED))
-    kept = order[:-n_val].sort().values
-    return train[kept], train[order[-n_val:]]
+    return train[kept], train[validation]
+
+
+def carve_validation_in_place(train: Tensor, n_val: int, name: str, chunk: int = 65_536
+                              ) -> tuple[Tensor, Tensor | None]:
+    """``carve_validation``'s split without a second copy of the training set: the kept
+    examples are moved forward in place, chunk by chunk, and the result is a view of the
+    first N - n_val rows. For data sets of many gigabytes (downsampled ImageNet)."""
+    if len(train) == 0 or n_val == 0:
+        return carve_validation(train, n_val, name)
+    kept, validation = _validation_indices(len(train), n_val, name)
+    validation_examples = train[validation]  # n_val examples: a small copy
+    # kept is increasing with kept[j] >= j, so a chunk's sources lie at or after every
+    # row written so far, and no row is read after it has been overwritten.
+    for start in range(0, len(kept), chunk):
+        rows = kept[start:start + chunk]
+        train[start:start + len(rows)] = train[rows]
+    return train[:len(kept)], validation_examples
 
 
 def split_shuffled(examples: Tensor, n_test: int, n_val: int, seed: int, name: str
@@ -104,6 +126,9 @@ class FlowData:
         self.levels = levels
         self.standardize = standardize
         self.hflip = hflip  # training batches mirrored at random (data.hflip)
+        # Which release of a data set this is, where releases differ in what they hold
+        # (downsampled ImageNet); recorded in metrics.json as data_version.
+        self.version: str | None = None
 
     @property
     def event_shape(self) -> tuple[int, ...]:

@@ -45,9 +45,34 @@ def decode(path: Path, size: int, channels: int) -> Tensor:
         return functional.pil_to_tensor(image)
 
 
+def read_pictures(files: list[Path], size: int, channels: int, description: str) -> Tensor:
+    """``files`` decoded into one preallocated uint8 [N, channels, size, size] tensor, with
+    a progress bar: no second copy of the images is ever held. Files that cannot be
+    decoded are named in a warning and left out."""
+    images = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
+    readable = torch.ones(len(files), dtype=torch.bool)
+    unreadable = []
+    for index, path in enumerate(tqdm(files, desc=description, unit="image", leave=False)):
+        try:
+            images[index] = decode(path, size, channels)
+        except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+            readable[index] = False
+            unreadable.append(f"{path} ({error.__class__.__name__})")
+    if not unreadable:
+        return images
+    listed = "; ".join(unreadable[:5]) + (f"; and {len(unreadable) - 5} more"
+                                          if len(unreadable) > 5 else "")
+    log.warning("%d of %d files could not be read and are left out: %s",
+                len(unreadable), len(files), listed)
+    if len(unreadable) == len(files):
+        raise DataError(f"none of the {len(files)} picture files could be read: "
+                        f"{unreadable[0]}")
+    return images[readable]
+
+
 def read_folder(root: Path, size: int, channels: int, flag: str) -> Tensor:
-    """All pictures under ``root`` as [N, channels, size, size] uint8, with a progress bar.
-    Files that cannot be decoded are named in a warning and left out."""
+    """All pictures under ``root`` as [N, channels, size, size] uint8 (``read_pictures``);
+    a missing or empty folder is named with the ``flag`` that set it."""
     if not root.is_dir():
         raise DataError(f"{flag}={root}: no such folder. Point {flag} at a folder of PNG or "
                         f"JPEG files (flat, or in class sub-folders).")
@@ -55,21 +80,7 @@ def read_folder(root: Path, size: int, channels: int, flag: str) -> Tensor:
     if not files:
         raise DataError(f"{flag}={root}: no pictures found (looked for "
                         f"{', '.join(EXTENSIONS)} files, in sub-folders too)")
-    images, unreadable = [], []
-    for path in tqdm(files, desc=f"reading {root.name}", unit="image", leave=False):
-        try:
-            images.append(decode(path, size, channels))
-        except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-            unreadable.append(f"{path} ({error.__class__.__name__})")
-    if unreadable:
-        listed = "; ".join(unreadable[:5]) + (f"; and {len(unreadable) - 5} more"
-                                              if len(unreadable) > 5 else "")
-        log.warning("%d of %d files under %s could not be read and are left out: %s",
-                    len(unreadable), len(files), root, listed)
-    if not images:
-        raise DataError(f"{flag}={root}: none of its {len(files)} picture files could be "
-                        f"read: {unreadable[0]}")
-    return torch.stack(images)
+    return read_pictures(files, size, channels, f"reading {root.name}")
 
 
 class ImageFolderData(FlowData):

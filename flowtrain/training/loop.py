@@ -399,6 +399,7 @@ class Trainer:
             "dequant_params": sum(p.numel() for p in self.dequant_parameters),
             "device": str(self.device),
             "nonfinite_steps": state.nonfinite.total,
+            **({"data_version": data.version} if data.version else {}),
         }
 
 

@@ -1,0 +1,97 @@
+"""data=imagenet32|imagenet64 on tiny files the test writes in both releases' formats: the
+release detected and recorded, the npz rows' colour planes, the memory check, the in-place
+validation split, and a CLI run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_metrics, run_cli
+from PIL import Image
+
+import flowtrain.data.imagenet as imagenet
+from flowtrain.data.base import carve_validation, carve_validation_in_place
+from flowtrain.data.imagenet import DownsampledImageNet
+from flowtrain.errors import DataError
+
+
+def write_folders(root, size=32, n_train=14, n_valid=4) -> np.ndarray:
+    """van den Oord et al.'s layout; returns the validation images [N, 3, size, size]."""
+    rng = np.random.default_rng(0)
+    valid = []
+    for split, n in ((f"train_{size}x{size}", n_train), (f"valid_{size}x{size}", n_valid)):
+        (root / split).mkdir(parents=True)
+        for index in range(n):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / split / f"{index:05d}.png")
+            if split.startswith("valid"):
+                valid.append(pixels.transpose(2, 0, 1))
+    return np.stack(valid)
+
+
+def write_npz(root, size=32, batches=(5, 6), n_valid=4) -> np.ndarray:
+    """Chrabaszcz et al.'s layout: rows of the red plane, then green, then blue; returns
+    the first training batch's images [N, 3, size, size]."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    first = None
+    for name, n in [*((f"train_data_batch_{i + 1}", n) for i, n in enumerate(batches)),
+                    ("val_data", n_valid)]:
+        images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        rows = np.concatenate([images[..., channel].reshape(n, -1) for channel in range(3)],
+                              axis=1)
+        np.savez(root / f"{name}.npz", data=rows, labels=np.arange(1, n + 1),
+                 mean=rows.mean(axis=0))
+        first = images.transpose(0, 3, 1, 2) if first is None else first
+    return first
+
+
+def test_the_png_release_is_detected_and_its_valid_folder_is_the_test_split(tmp_path):
+    valid = write_folders(tmp_path)
+    data = DownsampledImageNet(str(tmp_path), size=32, n_val=3)
+    assert data.version.startswith("van den Oord")
+    assert data.train.shape == (11, 3, 32, 32) and data.val.shape == (3, 3, 32, 32)
+    assert torch.equal(data.test, torch.from_numpy(valid))
+
+
+def test_the_npz_release_keeps_its_colour_planes_and_batch_order(tmp_path):
+    first = write_npz(tmp_path)
+    data = DownsampledImageNet(str(tmp_path), size=32, n_val=0)
+    assert data.version.startswith("Chrabaszcz")
+    assert data.train.shape == (11, 3, 32, 32) and data.test.shape == (4, 3, 32, 32)
+    assert torch.equal(data.train[:5], torch.from_numpy(first))
+
+
+def test_the_in_place_validation_split_is_the_usual_one():
+    images = torch.arange(50 * 2, dtype=torch.uint8).view(50, 2)
+    expected = carve_validation(images.clone(), 7, "x")
+    got = carve_validation_in_place(images.clone(), 7, "x", chunk=4)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_too_little_memory_is_refused_with_the_numbers(tmp_path, monkeypatch):
+    write_npz(tmp_path)
+    monkeypatch.setattr(imagenet, "available_memory", lambda: 10_000)
+    with pytest.raises(DataError, match=r"11 images of 3x32x32 take 0\.0 GB .* only 0\.0 GB"):
+        DownsampledImageNet(str(tmp_path))
+
+
+def test_a_folder_with_neither_release_names_both(tmp_path):
+    with pytest.raises(DataError, match=r"train_64x64/ and valid_64x64/.*val_data\.npz"):
+        DownsampledImageNet(str(tmp_path), size=64)
+    write_folders(tmp_path)
+    with pytest.raises(DataError, match="in data.format=npz"):
+        DownsampledImageNet(str(tmp_path), format="npz")
+
+
+def test_imagenet64_trains_and_records_its_release(tmp_path):
+    write_npz(tmp_path / "imagenet64", size=64, batches=(6,), n_valid=3)
+    run_cli("data=imagenet64", f"data.root={tmp_path / 'imagenet64'}", "data.n_val=2",
+            "model.n_filters=4", "model.n_blocks=1", "train.steps=2", "train.batch_size=2",
+            "train.eval_every=2", "train.sample_every=2", "train.checkpoint_every=2",
+            "train.n_samples=2", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}",
+            cwd=tmp_path)
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["data_version"].startswith("Chrabaszcz") and metrics["steps"] == 2
+    assert np.isfinite(metrics["test_bpd"])
