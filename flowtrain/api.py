@@ -3,7 +3,7 @@ preprocessing and dequantizer from the checkpoint alone (its stored config, data
 levels), so a CIFAR-10 model opens without the CIFAR-10 files.
 
     flow = flowtrain.load("outputs/DATE/TIME/checkpoints/best.pt")
-    flow.bits_per_dim(images)        # per image, as the training run measured it
+    flow.bits_per_dim(images)        # per image, with the noise the run's evaluation drew
     flow.sample(16, seed=0)          # integer images, as the data set stores them
 """
 
@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from flowtrain.build import checkpoint_shape, rebuild_from_checkpoint
+from flowtrain.data.base import as_stored
 from flowtrain.errors import CheckpointError
 from flowtrain.flows.base import FlowModel
 from flowtrain.likelihood import (
@@ -31,7 +32,8 @@ from flowtrain.training.checkpoint import load_checkpoint
 from flowtrain.training.evaluation import evaluation_mode
 from flowtrain.training.runtime import exact_float32
 
-_FIX = "The checkpoint was written by another version of flowtrain or of its config."
+_FIX = ("Open it with the flowtrain version that wrote it, or retrain with this one; "
+        "task=eval ckpt=... reports what it holds.")
 
 
 @dataclass
@@ -55,6 +57,12 @@ class TrainedFlow:
     def n_dims(self) -> int:
         return int(np.prod(self.data_shape))
 
+    def _noise(self, seed: int | None) -> torch.Generator:
+        """Where dequantization noise comes from: ``seed``, or the run's, which its
+        evaluation seeded its noise with."""
+        seed = int(self.config.get("seed", 0)) if seed is None else seed
+        return torch.Generator(self.device).manual_seed(seed)
+
     def _batches(self, x: np.ndarray | Tensor) -> list[Tensor]:
         """``x`` checked against the data the flow was trained on, in batches of the run's
         evaluation batch size, as float tensors on the flow's device."""
@@ -62,11 +70,14 @@ class TrainedFlow:
         if tuple(x.shape[1:]) != self.data_shape or x.dim() != len(self.data_shape) + 1:
             raise ValueError(f"this flow was trained on examples of shape {self.data_shape}; "
                              f"got an array of shape {tuple(x.shape)} (give [N, "
-                             f"{', '.join(map(str, self.data_shape))}])")
+                             f"{', '.join(map(str, self.data_shape))}]; images stored "
+                             f"[N, H, W, C] become [N, C, H, W] by x.permute(0, 3, 1, 2))")
         if self.levels is not None:
             if x.is_floating_point() or x.is_complex():
                 raise ValueError(f"this flow was trained on integer data in 0 .. "
-                                 f"{self.levels - 1}; got {x.dtype} values")
+                                 f"{self.levels - 1}; got {x.dtype} values (values in [0, 1],"
+                                 f" as torchvision's ToTensor gives, become those integers by "
+                                 f"(x * {self.levels - 1}).round().to(torch.uint8))")
             if len(x) and (x.min() < 0 or x.max() >= self.levels):
                 raise ValueError(f"values must lie in 0 .. {self.levels - 1}; got "
                                  f"{int(x.min())} .. {int(x.max())}")
@@ -75,14 +86,15 @@ class TrainedFlow:
 
     @torch.no_grad()
     @exact_float32()
-    def log_prob(self, x: np.ndarray | Tensor, n_samples: int = 1, seed: int = 0) -> Tensor:
+    def log_prob(self, x: np.ndarray | Tensor, n_samples: int = 1, seed: int | None = None
+                 ) -> Tensor:
         """log p(x) per example in nats, in the data's own units: for integer data the
         dequantization bound, or with ``n_samples`` > 1 the importance-weighted estimate
-        over that many noise draws (tighter). The noise comes from ``seed``, so the same
-        call gives the same number."""
+        over that many noise draws (tighter). The noise comes from ``seed`` (default: the
+        run's seed, as its evaluation drew it), so the same call gives the same number."""
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1; got {n_samples}")
-        generator = torch.Generator(self.device).manual_seed(seed)
+        generator = self._noise(seed)
         results = []
         with evaluation_mode(self.model, self.preprocessing):
             for batch in self._batches(x):
@@ -95,8 +107,8 @@ class TrainedFlow:
                 results.append(-nll.cpu())
         return torch.cat(results) if results else torch.empty(0)
 
-    def bits_per_dim(self, x: np.ndarray | Tensor, n_samples: int = 1, seed: int = 0
-                     ) -> Tensor:
+    def bits_per_dim(self, x: np.ndarray | Tensor, n_samples: int = 1,
+                     seed: int | None = None) -> Tensor:
         """-log2 p(x) / D per example: what a run reports as bits/dim."""
         return bits_per_dim(-self.log_prob(x, n_samples, seed), self.n_dims)
 
@@ -110,15 +122,14 @@ class TrainedFlow:
         with evaluation_mode(self.model, self.preprocessing):
             values = self.preprocessing.restore(self.model.sample(
                 n, temperature=temperature, generator=generator)).cpu()
-        if self.levels is None:
-            return values
-        return values.to(torch.uint8 if self.levels <= 256 else torch.int64)
+        return as_stored(values, self.levels)
 
     @torch.no_grad()
     @exact_float32()
-    def encode(self, x: np.ndarray | Tensor, seed: int = 0) -> Tensor:
-        """Data -> base space: z = f(preprocess(x)), dequantization noise from ``seed``."""
-        generator = torch.Generator(self.device).manual_seed(seed)
+    def encode(self, x: np.ndarray | Tensor, seed: int | None = None) -> Tensor:
+        """Data -> base space: z = f(preprocess(x)), dequantization noise from ``seed``
+        (default: the run's seed)."""
+        generator = self._noise(seed)
         with evaluation_mode(self.model, self.preprocessing):
             return torch.cat([self.model(self.preprocessing(batch, generator)[0])[0].cpu()
                               for batch in self._batches(x)])
@@ -131,9 +142,7 @@ class TrainedFlow:
         z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
         with evaluation_mode(self.model, self.preprocessing):
             values = self.preprocessing.restore(self.model.inverse(z)).cpu()
-        if self.levels is None:
-            return values
-        return values.to(torch.uint8 if self.levels <= 256 else torch.int64)
+        return as_stored(values, self.levels)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> TrainedFlow:

@@ -174,7 +174,8 @@ def checkpoint_shape(saved: dict, path: Path, data: FlowData | None
     warning of ``check_data_fits``), its levels: bits/dim are then the new data's."""
     shape = saved.get("data_shape")
     if isinstance(shape, dict):
-        return tuple(shape["event_shape"]), data.levels if data else shape.get("levels")
+        levels = data.levels if data is not None else shape.get("levels")
+        return tuple(shape["event_shape"]), levels
     if data is None:
         raise CheckpointError(f"{path} does not say what data its model was trained on (it "
                               f"was written before checkpoints did); evaluate it with "

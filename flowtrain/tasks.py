@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from flowtrain.build import check_data_fits, checkpoint_shape, rebuild_from_checkpoint
 from flowtrain.checkpoint_config import check_held_out, checkpoint_config
 from flowtrain.config import SampleConfig, Split, Task
-from flowtrain.data.base import FlowData
+from flowtrain.data.base import FlowData, as_stored
 from flowtrain.errors import ConfigError, DataError, user_error_in
 from flowtrain.flows.base import FlowModel
 from flowtrain.latent import interpolate
@@ -59,18 +59,31 @@ class Restored:
     levels: int | None
 
 
+def _needs_data(task: Task, cfg: DictConfig, saved: dict) -> bool:
+    """``task=eval`` always; ``task=sample`` for the interpolation between test images,
+    the pictures of points (drawn over their data), and checkpoints that do not store
+    their data shape."""
+    shape = saved.get("data_shape")
+    if task is Task.eval or not isinstance(shape, dict):
+        return True
+    images = len(shape["event_shape"]) == 3 and shape.get("levels") is not None
+    return not images or cfg.sample.interpolation_pairs > 0
+
+
 def _data_for(task: Task, cfg: DictConfig, saved: dict, path: Path) -> FlowData | None:
-    """The data set ``cfg`` names, checked to fit the checkpoint. ``task=eval`` needs it;
+    """The data set ``cfg`` names, checked to fit the checkpoint, where the task uses it.
     ``task=sample`` goes on without it when it is missing (a CIFAR-10 model samples
     without the CIFAR-10 files), saying what it leaves out."""
+    if not _needs_data(task, cfg, saved):
+        return None
     try:
         data: FlowData = instantiate(cfg.data)
     except Exception as error:
         if task is Task.eval or not isinstance(user_error_in(error), DataError) \
                 or "data_shape" not in saved:
             raise
-        log.warning("no interpolation and no data-dependent pictures: %s",
-                    user_error_in(error))
+        log.warning("sampling without the data set (%s): no interpolation, and for "
+                    "points no pictures", user_error_in(error))
         return None
     check_data_fits(saved, data, path)
     return data
@@ -94,7 +107,8 @@ def restore_checkpoint(cfg: DictConfig, typed_overrides: list[str]) -> Restored:
     event_shape, levels = checkpoint_shape(saved, path, data)
     step = int(saved.get("step", 0))
     log.info("%s: step %d, model %s, data %s", path, step,
-             run_cfg.model._target_.rsplit(".", 1)[-1], data.name if data else "not loaded")
+             run_cfg.model._target_.rsplit(".", 1)[-1],
+             data.name if data is not None else "not loaded")
     return Restored(path, run_cfg, step, device, model, preprocessing, data, event_shape,
                     levels)
 
@@ -142,10 +156,7 @@ def check_sample_config(cfg: SampleConfig) -> None:
 
 
 def _as_data(values: torch.Tensor, levels: int | None) -> np.ndarray:
-    """Data-space values as the data sets store them: uint8 for up to 256 levels."""
-    if levels is None:
-        return values.cpu().numpy()
-    return values.cpu().to(torch.uint8 if levels <= 256 else torch.int64).numpy()
+    return as_stored(values.cpu(), levels).numpy()
 
 
 def sample_checkpoint(restored: Restored, run_dir: Path) -> None:
@@ -183,8 +194,9 @@ def save_sample_pictures(restored: Restored, samples: torch.Tensor, run_dir: Pat
     else:
         pictures = {}
     if not pictures:
-        log.info("no picture for data of shape %s; the samples are in samples.npz",
-                 restored.event_shape)
+        why = ("the data set was not loaded" if data is None
+               else f"no picture for data of shape {restored.event_shape}")
+        log.info("%s; the samples are in samples.npz", why)
     for name, picture in pictures.items():
         save_picture(picture, run_dir / f"{name}.png")
     return [f"{name}.png" for name in pictures]

@@ -54,6 +54,12 @@ def test_a_test_folder_and_grayscale(tmp_path):
     assert len(data.train) + len(data.val) == 12 and len(data.val) == 1  # 10%
 
 
+def test_a_test_folder_inside_the_training_folder_is_refused(tmp_path):
+    write_pictures(tmp_path / "pics", 4)
+    with pytest.raises(DataError, match="lies inside data.root"):
+        ImageFolderData(str(tmp_path / "pics"), test_root=str(tmp_path / "pics" / "cats"))
+
+
 def test_unreadable_files_are_named_and_left_out(tmp_path, caplog):
     write_pictures(tmp_path / "pics", 10)
     (tmp_path / "pics" / "cats" / "broken.png").write_bytes(b"not a png")

@@ -56,24 +56,39 @@ def test_the_png_release_is_detected_and_its_valid_folder_is_the_test_split(tmp_
 
 
 def test_the_npz_release_keeps_its_colour_planes_and_batch_order(tmp_path):
-    first = write_npz(tmp_path)
+    """11 batches: batch 10 follows batch 9 (numeric, not alphabetical, order), and the
+    validation file may sit in a folder of its own, as the release's zips unpack."""
+    first = write_npz(tmp_path / "train", batches=(2, *range(1, 11)), n_valid=4)
+    (tmp_path / "val").mkdir()
+    (tmp_path / "train" / "val_data.npz").rename(tmp_path / "val" / "val_data.npz")
     data = DownsampledImageNet(str(tmp_path), size=32, n_val=0)
     assert data.version.startswith("Chrabaszcz")
-    assert data.train.shape == (11, 3, 32, 32) and data.test.shape == (4, 3, 32, 32)
-    assert torch.equal(data.train[:5], torch.from_numpy(first))
+    assert data.train.shape == (57, 3, 32, 32) and data.test.shape == (4, 3, 32, 32)
+    assert torch.equal(data.train[:2], torch.from_numpy(first))
+    last = np.load(tmp_path / "train" / "train_data_batch_11.npz")["data"]
+    assert torch.equal(data.train[-10:].flatten(1), torch.from_numpy(last))
 
 
 def test_the_in_place_validation_split_is_the_usual_one():
     images = torch.arange(50 * 2, dtype=torch.uint8).view(50, 2)
     expected = carve_validation(images.clone(), 7, "x")
-    got = carve_validation_in_place(images.clone(), 7, "x", chunk=4)
+    given = images.clone()
+    got = carve_validation_in_place(given, 7, "x", chunk=4)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert got[0].untyped_storage().data_ptr() == given.untyped_storage().data_ptr()
 
 
 def test_too_little_memory_is_refused_with_the_numbers(tmp_path, monkeypatch):
+    monkeypatch.setattr(imagenet, "available_memory", lambda: 12_000_000_000)
+    with pytest.raises(DataError, match=r"1,281,167 images of 3x64x64 take 15\.7 GB as uint8 "
+                                        r"\(and 0\.8 GB more while reading\), and only 12\.0 "
+                                        r"GB of memory is available"):
+        imagenet.check_fits_in_memory(1_281_167, 64, 65_536 * 3 * 64 * 64, "imagenet64")
+    # and before anything is read: a data set whose files are not even readable
     write_npz(tmp_path)
     monkeypatch.setattr(imagenet, "available_memory", lambda: 10_000)
-    with pytest.raises(DataError, match=r"11 images of 3x32x32 take 0\.0 GB .* only 0\.0 GB"):
+    monkeypatch.setattr(imagenet, "_read_npz", lambda *args: pytest.fail("read"))
+    with pytest.raises(DataError, match="15 images of 3x32x32"):
         DownsampledImageNet(str(tmp_path))
 
 

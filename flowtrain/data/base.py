@@ -48,12 +48,18 @@ def carve_validation_in_place(train: Tensor, n_val: int, name: str, chunk: int =
         return carve_validation(train, n_val, name)
     kept, validation = _validation_indices(len(train), n_val, name)
     validation_examples = train[validation]  # n_val examples: a small copy
-    # kept is increasing with kept[j] >= j, so a chunk's sources lie at or after every
-    # row written so far, and no row is read after it has been overwritten.
+    return keep_in_place(train, kept, chunk), validation_examples
+
+
+def keep_in_place(examples: Tensor, kept: Tensor, chunk: int = 65_536) -> Tensor:
+    """``examples[kept]`` for increasing indices ``kept``, as a view of ``examples`` whose
+    first rows are overwritten: no second copy of a large tensor. Since kept[j] >= j, a
+    chunk's sources lie at or after every row written so far, so no row is read after it
+    has been overwritten."""
     for start in range(0, len(kept), chunk):
         rows = kept[start:start + chunk]
-        train[start:start + len(rows)] = train[rows]
-    return train[:len(kept)], validation_examples
+        examples[start:start + len(rows)] = examples[rows]
+    return examples[:len(kept)]
 
 
 def split_shuffled(examples: Tensor, n_test: int, n_val: int, seed: int, name: str
@@ -87,6 +93,14 @@ def draw_splits(draw: Callable[[int, torch.Generator], Tensor], n_train: int, n_
     points = draw(n_train + n_test, generator)
     val = draw(n_val, generator) if n_val else None
     return points[:n_train], val, points[n_train:]
+
+
+def as_stored(values: Tensor, levels: int | None) -> Tensor:
+    """Data-space values in the dtype the data sets keep them in: uint8 for up to 256
+    levels, int64 for more, floats as they are for continuous data."""
+    if levels is None:
+        return values
+    return values.to(torch.uint8 if levels <= 256 else torch.int64)
 
 
 def default_n_val(n_train: int) -> int:

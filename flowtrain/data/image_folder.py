@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from flowtrain.data.base import FlowData, carve_validation, default_n_val, split_shuffled
+from flowtrain.data.base import (
+    FlowData,
+    carve_validation,
+    default_n_val,
+    keep_in_place,
+    split_shuffled,
+)
 from flowtrain.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,26 +42,31 @@ def image_files(root: Path) -> list[Path]:
 def decode(path: Path, size: int, channels: int) -> Tensor:
     """One file as a uint8 [channels, size, size] tensor: short side resized to ``size``,
     then the centre crop."""
-    from PIL import Image
+    from PIL import Image, ImageOps
     from torchvision.transforms import functional
 
     with Image.open(path) as image:
-        image = image.convert(_MODES[channels])
+        # upright as a viewer shows it: phone photos store their rotation in EXIF
+        image = ImageOps.exif_transpose(image).convert(_MODES[channels])
         image = functional.center_crop(functional.resize(image, size), size)
         return functional.pil_to_tensor(image)
 
 
 def read_pictures(files: list[Path], size: int, channels: int, description: str) -> Tensor:
     """``files`` decoded into one preallocated uint8 [N, channels, size, size] tensor, with
-    a progress bar: no second copy of the images is ever held. Files that cannot be
-    decoded are named in a warning and left out."""
+    a progress bar: no second copy of the images is held. Files that cannot be decoded
+    are named in a warning and left out."""
+    from PIL import Image
+
     images = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
     readable = torch.ones(len(files), dtype=torch.bool)
     unreadable = []
-    for index, path in enumerate(tqdm(files, desc=description, unit="image", leave=False)):
+    for index, path in enumerate(tqdm(files, desc=description, unit="image", leave=False,
+                                      disable=None)):
         try:
             images[index] = decode(path, size, channels)
-        except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        # PIL's UnidentifiedImageError is an OSError; a decompression bomb is neither
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
             readable[index] = False
             unreadable.append(f"{path} ({error.__class__.__name__})")
     if not unreadable:
@@ -67,7 +78,7 @@ def read_pictures(files: list[Path], size: int, channels: int, description: str)
     if len(unreadable) == len(files):
         raise DataError(f"none of the {len(files)} picture files could be read: "
                         f"{unreadable[0]}")
-    return images[readable]
+    return keep_in_place(images, readable.nonzero().squeeze(1))
 
 
 def read_folder(root: Path, size: int, channels: int, flag: str) -> Tensor:
@@ -96,6 +107,11 @@ class ImageFolderData(FlowData):
         name = Path(root).name or "image_folder"
         images = read_folder(Path(root).expanduser(), size, channels, "data.root")
         if test_root is not None:
+            inside = Path(test_root).expanduser().resolve()
+            if inside.is_relative_to(Path(root).expanduser().resolve()):
+                raise DataError(f"data.test_root={test_root} lies inside data.root={root}, so "
+                                f"its pictures would be trained on too; move it out of "
+                                f"data.root")
             test = read_folder(Path(test_root).expanduser(), size, channels, "data.test_root")
             n_val = default_n_val(len(images)) if n_val is None else n_val
             train, val = carve_validation(images, n_val, name)

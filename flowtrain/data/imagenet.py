@@ -43,17 +43,21 @@ class ImageNetFormat(str, Enum):
 VERSIONS = {ImageNetFormat.folders: "van den Oord et al. 2016 (PNG folders)",
             ImageNetFormat.npz: "Chrabaszcz et al. 2017 (npz batches)"}
 _TRAIN_BATCH = re.compile(r"train_data_batch_(\d+)\.npz")
+# Rows moved at a time when the validation split is carved out in place.
+CARVE_CHUNK = 65_536
 
 
 def _folders(root: Path, size: int) -> tuple[Path, Path]:
     return root / f"train_{size}x{size}", root / f"valid_{size}x{size}"
 
 
-def _npz_files(root: Path) -> tuple[list[Path], Path]:
-    batches = sorted((path for path in root.glob("train_data_batch_*.npz")
+def _npz_files(root: Path) -> tuple[list[Path], Path | None]:
+    """The training batches in their numeric order and val_data.npz, anywhere under
+    ``root``: the release's train and validation zips unpack into folders of their own."""
+    batches = sorted((path for path in root.rglob("train_data_batch_*.npz")
                       if _TRAIN_BATCH.fullmatch(path.name)),
                      key=lambda path: int(_TRAIN_BATCH.fullmatch(path.name).group(1)))
-    return batches, root / "val_data.npz"
+    return batches, next(iter(sorted(root.rglob("val_data.npz"))), None)
 
 
 def detect_format(root: Path, size: int, given: ImageNetFormat) -> ImageNetFormat:
@@ -62,7 +66,7 @@ def detect_format(root: Path, size: int, given: ImageNetFormat) -> ImageNetForma
     train, valid = _folders(root, size)
     batches, val = _npz_files(root)
     found = {ImageNetFormat.folders: train.is_dir() and valid.is_dir(),
-             ImageNetFormat.npz: bool(batches) and val.is_file()}
+             ImageNetFormat.npz: bool(batches) and val is not None}
     if given is not ImageNetFormat.auto and found[given]:
         return given
     if given is ImageNetFormat.auto and any(found.values()):
@@ -70,62 +74,84 @@ def detect_format(root: Path, size: int, given: ImageNetFormat) -> ImageNetForma
     raise DataError(f"data.root={root} holds no downsampled ImageNet {size}x{size}"
                     f"{'' if given is ImageNetFormat.auto else f' in data.format={given.value}'}"
                     f": expected the folders {train.name}/ and {valid.name}/ (van den Oord et "
-                    f"al. 2016) or train_data_batch_1.npz ... and val_data.npz (Chrabaszcz et "
-                    f"al. 2017). Both need an ImageNet account: download one, unpack it there, "
-                    f"and point data.root at it.")
+                    f"al. 2016) or train_data_batch_1.npz ... and val_data.npz, in it or its "
+                    f"sub-folders (Chrabaszcz et al. 2017). Both need an ImageNet account: "
+                    f"download one, unpack it there, and point data.root at it.")
 
 
 def _npz_rows(path: Path) -> int:
     """How many images an .npz batch holds, from its array header, without loading it."""
-    with zipfile.ZipFile(path) as archive, archive.open("data.npy") as member:
-        version = np.lib.format.read_magic(member)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, _, _ = read_header(member)
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("data.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, _ = read_header(member)
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        raise DataError(f"{path} is not a readable npz batch with a `data` array ({error}); "
+                        f"download and unpack it again") from error
     return shape[0]
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available now (Linux's MemAvailable), or None where unknown."""
+def _cgroup_headroom() -> int | None:
+    """What a container's or a SLURM job's memory limit still allows (cgroup v2), or None
+    where there is no limit."""
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
         return None
 
 
-def check_fits_in_memory(n_images: int, size: int, what: str) -> None:
-    """Say what the images will take, and refuse when that is more than is available."""
+def available_memory() -> int | None:
+    """Bytes of memory available now: Linux's MemAvailable, or less under a cgroup limit;
+    None where unknown."""
+    found = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            found += [int(line.split()[1]) * 1024 for line in meminfo
+                      if line.startswith("MemAvailable:")]
+    except OSError:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    headroom = _cgroup_headroom()
+    if headroom is not None:
+        found.append(headroom)
+    return min(found) if found else None
+
+
+def check_fits_in_memory(n_images: int, size: int, working: int, what: str) -> None:
+    """Say what the images will take, and refuse, before anything is read, when that and
+    ``working`` bytes more (what reading needs at its peak) are more than is available."""
     needed = n_images * 3 * size * size
     available = available_memory()
-    log.info("%s: %d images of 3x%dx%d, %.1f GB as uint8 in memory (%s available)", what,
-             n_images, size, size, needed / 1e9,
+    log.info("%s: %s images of 3x%dx%d, %.1f GB as uint8 in memory (%s available)", what,
+             f"{n_images:,}", size, size, needed / 1e9,
              "unknown" if available is None else f"{available / 1e9:.1f} GB")
-    if available is not None and needed > available:
+    if available is not None and needed + working > available:
         raise DataError(f"{what}: {n_images:,} images of 3x{size}x{size} take "
-                        f"{needed / 1e9:.1f} GB as uint8, and only {available / 1e9:.1f} GB "
-                        f"of memory is available. Free memory or use a machine with more.")
+                        f"{needed / 1e9:.1f} GB as uint8 (and {working / 1e9:.1f} GB more "
+                        f"while reading), and only {available / 1e9:.1f} GB of memory is "
+                        f"available. Free memory or use a machine with more.")
 
 
 def _read_npz(files: list[Path], size: int, counts: list[int]) -> Tensor:
     """The batches' rows into one preallocated [N, 3, size, size] uint8 tensor."""
     images = torch.empty((sum(counts), 3, size, size), dtype=torch.uint8)
     start = 0
-    for path, count in zip(tqdm(files, desc="reading npz batches", unit="file", leave=False),
-                           counts, strict=True):
+    for path, count in zip(tqdm(files, desc="reading npz batches", unit="file", leave=False,
+                                disable=None), counts, strict=True):
         with np.load(path, allow_pickle=False) as batch:
             rows = batch["data"]
             if rows.dtype != np.uint8 or rows.shape != (count, 3 * size * size):
                 raise DataError(f"{path}: `data` has shape {rows.shape} and dtype "
                                 f"{rows.dtype}; expected ({count}, {3 * size * size}) uint8 "
                                 f"rows for {size}x{size} images")
-            images[start:start + count] = torch.from_numpy(rows).view(count, 3, size, size)
+            images[start:start + count] = torch.from_numpy(rows).reshape(count, 3, size, size)
         start += count
     return images
 
@@ -143,21 +169,30 @@ class DownsampledImageNet(FlowData):
         folder = Path(root).expanduser()
         release = detect_format(folder, size, ImageNetFormat(format))
         name = f"imagenet{size}"
+        image_bytes = 3 * size * size
         if release is ImageNetFormat.folders:
-            train_dir, valid_dir = _folders(folder, size)
-            splits = {}
-            for split, where in (("train", train_dir), ("test", valid_dir)):
-                files = image_files(where)
-                check_fits_in_memory(len(files), size, f"{name} {split} ({where})")
-                splits[split] = read_pictures(files, size, 3, f"reading {where.name}")
+            files = {split: image_files(where)
+                     for split, where in zip(("train", "test"), _folders(folder, size),
+                                             strict=True)}
+            counts = {split: len(found) for split, found in files.items()}
+            working = CARVE_CHUNK * image_bytes
         else:
             batches, val = _npz_files(folder)
-            splits = {}
-            for split, files in (("train", batches), ("test", [val])):
-                counts = [_npz_rows(path) for path in files]
-                check_fits_in_memory(sum(counts), size, f"{name} {split} ({folder})")
-                splits[split] = _read_npz(files, size, counts)
-        train, val_split = carve_validation_in_place(splits["train"], n_val, name)
+            files = {"train": batches, "test": [val]}
+            rows = {split: [_npz_rows(path) for path in found] for split, found in files.items()}
+            counts = {split: sum(found) for split, found in rows.items()}
+            # one batch decompressed at a time, or the carve's chunk
+            working = max([*rows["train"], CARVE_CHUNK]) * image_bytes
+        check_fits_in_memory(counts["train"] + counts["test"], size, working,
+                             f"{name} ({folder})")
+        if release is ImageNetFormat.folders:
+            splits = {split: read_pictures(found, size, 3, f"reading {name} {split}")
+                      for split, found in files.items()}
+        else:
+            splits = {split: _read_npz(files[split], size, rows[split])
+                      for split in ("train", "test")}
+        train, val_split = carve_validation_in_place(splits["train"], n_val, name,
+                                                     chunk=CARVE_CHUNK)
         super().__init__(train, splits["test"], name=name, levels=256, val=val_split,
                          hflip=hflip)
         self.version = VERSIONS[release]
