@@ -341,6 +341,14 @@ def test_log_det_matches_autograd_jacobian(entry):
     assert torch.allclose(log_det, expected, atol=1e-8), (log_det, expected)
 
 
+def test_a_volume_preserving_flag_means_a_zero_log_det(entry):
+    """``Inverse`` skips its second pass for transforms flagged volume preserving: the flag
+    must only be on maps whose log|det| is 0."""
+    x, context = entry.first(3)
+    if getattr(entry.transform, "volume_preserving", False):
+        assert torch.equal(entry.transform(x, context)[1], torch.zeros(3, dtype=x.dtype))
+
+
 def test_log_det_has_one_value_per_example(entry):
     x, context = entry.first(7)
     z, log_det = entry.transform(x, context)

@@ -35,6 +35,9 @@ class Bijection(nn.Module, ABC):
     variational dequantization, a class label later); every other transform ignores it, so
     a composition passes it to all of its parts."""
 
+    # True for maps that move no volume (reshapes, permutations): log|det| is 0 everywhere.
+    volume_preserving: bool = False
+
     @abstractmethod
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """z = f(x) and log|det df/dx| per example, shape [B]."""
@@ -87,6 +90,8 @@ class Inverse(Bijection):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z = self.transform.inverse(x, context)
+        if self.transform.volume_preserving:  # no second pass just to learn it is zero
+            return z, x.new_zeros(x.shape[0])
         return z, -self.transform(z, context)[1]
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:

@@ -136,11 +136,15 @@ class ScalarMixture:
         itself rounds to 0 or 1 (Flow++'s coupling takes the logit of the CDF)."""
         u = self._standardize(x)
         log_weights = torch.log_softmax(self.logits, dim=-1)
+        log_cdf, log_sf = self._log_cdf_and_sf(u, log_weights)
+        per_component = _component_log_pdf(u, self.family) - self.log_scale
+        return log_cdf, log_sf, torch.logsumexp(log_weights + per_component, dim=-1)
+
+    def _log_cdf_and_sf(self, u: Tensor, log_weights: Tensor) -> tuple[Tensor, Tensor]:
         log_cdf = torch.logsumexp(log_weights + _component_log_cdf(u, self.family), dim=-1)
         # both families are symmetric: 1 - F(u) = F(-u)
         log_sf = torch.logsumexp(log_weights + _component_log_cdf(-u, self.family), dim=-1)
-        per_component = _component_log_pdf(u, self.family) - self.log_scale
-        return log_cdf, log_sf, torch.logsumexp(log_weights + per_component, dim=-1)
+        return log_cdf, log_sf
 
     @torch.no_grad()
     def inverse_cdf(self, z: Tensor, tol: float = 1e-6, max_iter: int = 200) -> Tensor:
@@ -157,8 +161,10 @@ class ScalarMixture:
         """x with logit F(x) = y, for any real y: the bracket widens with |y|, since the
         logit of a logistic or Gaussian mixture's CDF grows at least as fast as x over the
         widest component's scale."""
-        def below(x: Tensor) -> Tensor:
-            log_cdf, log_sf, _ = self.log_cdf_sf_and_pdf(x)
+        log_weights = torch.log_softmax(self.logits, dim=-1)
+
+        def below(x: Tensor) -> Tensor:  # no log-density: only the logit is compared
+            log_cdf, log_sf = self._log_cdf_and_sf(self._standardize(x), log_weights)
             return log_cdf - log_sf < y
         return self._bisect(below, y.abs(), tol, max_iter)
 

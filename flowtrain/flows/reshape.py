@@ -23,6 +23,8 @@ def unsqueeze(x: Tensor) -> Tensor:
 
 
 class Squeeze(Bijection):
+    volume_preserving = True
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return squeeze(x), x.new_zeros(x.shape[0])
 
@@ -31,6 +33,8 @@ class Squeeze(Bijection):
 
 
 class Unsqueeze(Bijection):
+    volume_preserving = True
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return unsqueeze(x), x.new_zeros(x.shape[0])
 
@@ -43,6 +47,8 @@ class SpaceToDepth(Bijection):
     Flow++'s released model squeezes with: output channel (2 dy + dx) C + c, so the
     first half of the channels is the top row of every 2x2 patch (``squeeze`` puts a
     colour's four values together instead)."""
+
+    volume_preserving = True
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         batch, channels, height, width = x.shape
@@ -62,6 +68,8 @@ class ColumnHalves(Bijection):
     columns, not the squares of a checkerboard), and its couplings then see a half as a
     compact H x W/2 image."""
 
+    volume_preserving = True
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         batch, channels, height, width = x.shape
         x = x.reshape(batch, channels, height, width // 2, 2)
@@ -77,6 +85,8 @@ class ColumnHalves(Bijection):
 class SwapHalves(Bijection):
     """[a, b] -> [b, a] along channels (flowpp's ``TupleFlip``): after a coupling the
     half it changed conditions the next one."""
+
+    volume_preserving = True
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         first, second = x.chunk(2, dim=1)
