@@ -120,8 +120,7 @@ class TrainedFlow:
         generator = (torch.Generator(self.device).manual_seed(seed) if seed is not None
                      else None)
         with evaluation_mode(self.model, self.preprocessing):
-            values = self.preprocessing.restore(self.model.sample(
-                n, temperature=temperature, generator=generator)).cpu()
+            values = self.preprocessing.sample(self.model, n, temperature, generator).cpu()
         return as_stored(values, self.levels)
 
     @torch.no_grad()

@@ -106,6 +106,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
     log.info("%s on %s %s: %s parameters%s", type(model).__name__, data.name,
              "x".join(map(str, data.event_shape)), f"{n_model:,}",
              f" ({n_model + n_dequantizer:,} with the dequantizer)" if n_dequantizer else "")
+    if preprocessing.dequantizer.bits_per_dim_caveat:
+        log.warning(preprocessing.dequantizer.bits_per_dim_caveat)
     # A learned dequantizer trains with the model, on the same loss.
     optimizer = build_optimizer(cfg.optim, [*model.named_parameters(prefix="model"),
                                             *preprocessing.named_parameters(
@@ -114,7 +116,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
         model=model,
         preprocessing=preprocessing,
         optimizer=optimizer,
-        scheduler=build_scheduler(cfg.optim, optimizer, cfg.train.steps),
+        # an epoch as the released TarFlow counts it: full batches (drop_last)
+        scheduler=build_scheduler(cfg.optim, optimizer, cfg.train.steps,
+                                  steps_per_epoch=max(1, len(data.train)
+                                                      // cfg.train.batch_size)),
         batches=BatchStream(data.train, cfg.train.batch_size, seed=cfg.seed,
                             hflip=data.hflip),
         device=device,

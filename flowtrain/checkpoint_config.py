@@ -36,9 +36,11 @@ _SET_BY_CHOICES = ("model", "data", "dequant")
 _FIXED_ON_RESUME = ("model", "data", "dequant")
 _WHERE_NOT_WHAT = {"data.root", "data.download"}
 # Keys added to a group after checkpoints were written, with the value that means what
-# such a checkpoint did: it resumes when the key has that value now (data.n_val=0, the
-# training split whole, as before the validation split).
-_ADDED_SINCE = {"data.n_val": 0}
+# such a checkpoint did, and the one _target_ they belong to (None: any): it resumes when
+# the key has that value now (data.n_val=0, the training split whole, as before the
+# validation split; dequant.range=[0, 1], the only range before TarFlow's [-1, 1]).
+_ADDED_SINCE = {"data.n_val": (0, None),
+                "dequant.range": ([0.0, 1.0], "flowtrain.dequant.UniformDequantization")}
 # task=eval|sample: what the saved weights are, which the command line may not change;
 # how to evaluate, which it may; and what belongs to this process, never to the checkpoint.
 _FIXED = ("model", "dequant")
@@ -104,11 +106,12 @@ def config_differences(saved: Any, current: Any, key: str, current_is: str = "gi
 def _with_added_keys(saved: dict) -> dict:
     """``saved`` with each key of ``_ADDED_SINCE`` its group lacks set to what it meant."""
     completed = copy.deepcopy(saved)
-    for key, value in _ADDED_SINCE.items():
+    for key, (value, target) in _ADDED_SINCE.items():
         *parents, last = key.split(".")
         group = _get(completed, ".".join(parents))
-        if isinstance(group, dict) and last not in group:
-            group[last] = value
+        if (isinstance(group, dict) and last not in group
+                and target in (None, group.get("_target_"))):
+            group[last] = copy.deepcopy(value)
     return completed
 
 

@@ -138,6 +138,20 @@ class FlowPlusPlusConfig:
     column_out: int = 3
 
 
+@dataclass
+class TarFlowConfig:
+    _target_: str = "flowtrain.flows.tarflow.TarFlow"
+    patch_size: int = 2  # p: non-overlapping p x p patches, one token of C p^2 values each
+    width: int = 64  # the transformers' channels
+    blocks: int = 4  # autoregressive flow blocks, token order reversed between them
+    layers_per_block: int = 2  # transformer layers in each block's conditioner
+    head_dim: int = 32  # channels per attention head (released: 64)
+    expansion: int = 4  # feed-forward hidden width / width
+    kv_cache: bool = True  # sampling reads one token per step with a key/value cache
+    # > 0: every log-scale is m tanh(alpha / m), within (-m, m); 0: unbounded, as released
+    max_log_scale: float = 0.0
+
+
 # --- data --------------------------------------------------------------------------------
 
 
@@ -251,6 +265,17 @@ class UniformDequantConfig:
     _target_: str = "flowtrain.dequant.UniformDequantization"
     logit_alpha: float = 0.05  # 0 turns the logit preprocessing off
     eval_samples: int = 1  # > 1: also an importance-weighted test estimate (test_bpd_iw)
+    # the interval (x + u) / K is mapped onto before any logit: [0, 1] (the logit needs it),
+    # [-1, 1] (TarFlow's)
+    range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+
+
+@dataclass
+class GaussianDequantConfig:
+    _target_: str = "flowtrain.dequant.GaussianDequantization"
+    sigma: float = 0.05  # noise std on the data scaled to range
+    range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
+    denoise: bool = True  # samples take one score step x + sigma^2 grad log p(x)
 
 
 @dataclass
@@ -288,6 +313,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     schedule: Schedule = Schedule.cosine
     warmup_steps: int = 100
+    # set: the warm-up lasts this many passes over the training split instead (steps of
+    # train.batch_size, counted from the data set's size when the run starts)
+    warmup_epochs: float | None = None
     min_lr_ratio: float = 0.01
     # which parameters weight_decay applies to: all, or weight_scales (only the scales g
     # of weight-normalized layers: RealNVP's "L2 regularization on the weight scale")
@@ -393,14 +421,16 @@ class Config:
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"mixture_cdf": MixtureCDFConfig, "arflow2d": ARFlowConfig,
               "realnvp": RealNVPConfig, "glow": GlowConfig,
-              "pixelcnn_arflow": PixelCNNFlowConfig, "flowpp": FlowPlusPlusConfig},
+              "pixelcnn_arflow": PixelCNNFlowConfig, "flowpp": FlowPlusPlusConfig,
+              "tarflow": TarFlowConfig},
     "data": {"gmm1d": GMM1DConfig, "toy2d": Toy2DConfig, "array": ArrayConfig,
              "image_array": ImageArrayConfig,
              "torchvision": TorchvisionConfig, "digits": DigitsConfig,
              "photo_patches": PhotoPatchesConfig, "image_folder": ImageFolderConfig,
              "imagenet": ImageNetConfig},
     "dequant": {"none": NoDequantConfig, "uniform": UniformDequantConfig,
-                "auto": AutoDequantConfig, "variational": VariationalDequantConfig},
+                "auto": AutoDequantConfig, "variational": VariationalDequantConfig,
+                "gaussian": GaussianDequantConfig},
     "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "adamax": AdamaxConfig,
               "sgd": SGDConfig},
 }

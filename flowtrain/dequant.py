@@ -39,6 +39,10 @@ class Dequantizer(nn.Module, ABC):
     the evaluation for an importance-weighted estimate over that many noise draws too."""
 
     eval_samples: int = 1
+    # set: the noise was Gaussian with this std, and samples take one denoising step
+    denoise_sigma: float | None = None
+    # set: what this dequantizer's bits/dim are not, which a training run says up front
+    bits_per_dim_caveat: str | None = None
 
     @abstractmethod
     def forward(self, x: Tensor, generator: torch.Generator | None = None
@@ -88,24 +92,43 @@ class Logit(Bijection):
         return (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
 
 
+def value_range(range_: list[float] | tuple[float, float], group: str) -> tuple[float, float]:
+    """``dequant.range`` as (low, high), checked: the interval the data are scaled onto."""
+    if len(range_) != 2 or not float(range_[0]) < float(range_[1]):
+        raise ConfigError(f"{group}.range must be [low, high] with low < high; got "
+                          f"{list(range_)}")
+    return float(range_[0]), float(range_[1])
+
+
+def needs_levels(levels: int | None, name: str) -> int:
+    """The data's number of levels: a dequantizer of discrete data refuses continuous data."""
+    if levels is None:
+        raise ConfigError(f"dequant={name} needs discrete data (images with data.levels); "
+                          f"this data set is continuous: use dequant=none (or dequant=auto)")
+    return int(levels)
+
+
 class UniformDequantization(Dequantizer):
-    """y = (x + u) / K with u ~ U[0, 1)^D; then, if ``logit_alpha`` > 0, the logit
-    preprocessing of RealNVP (``Logit``)."""
+    """y = low + (high - low)(x + u) / K with u ~ U[0, 1)^D (``range`` [low, high]: [0, 1]
+    by default, [-1, 1] as TarFlow scales its data); then, if ``logit_alpha`` > 0, the
+    logit preprocessing of RealNVP (``Logit``), which needs the range [0, 1]."""
 
     name = "uniform"
 
     def __init__(self, levels: int | None, logit_alpha: float = 0.05,
-                 event_shape: tuple[int, ...] = (), eval_samples: int = 1):
+                 event_shape: tuple[int, ...] = (), eval_samples: int = 1,
+                 range: list[float] | tuple[float, float] = (0.0, 1.0)):  # noqa: A002
         super().__init__()
-        if levels is None:
-            raise ConfigError(f"dequant={self.name} needs discrete data (images with "
-                              f"data.levels); this data set is continuous: use dequant=none "
-                              f"(or dequant=auto)")
+        self.levels = needs_levels(levels, self.name)
         if not 0.0 <= logit_alpha < 0.5:
             raise ConfigError(f"dequant.logit_alpha must be in [0, 0.5); got {logit_alpha}")
         if eval_samples < 1:
             raise ConfigError(f"dequant.eval_samples must be at least 1; got {eval_samples}")
-        self.levels = int(levels)
+        self.low, self.high = value_range(range, "dequant")
+        if logit_alpha > 0 and (self.low, self.high) != (0.0, 1.0):
+            raise ConfigError(f"the logit preprocessing needs values in [0, 1]; "
+                              f"dequant.range is {[self.low, self.high]}: set "
+                              f"dequant.logit_alpha=0 or dequant.range=[0,1]")
         self.logit = Logit(logit_alpha) if logit_alpha > 0 else None
         self.eval_samples = int(eval_samples)
 
@@ -118,9 +141,9 @@ class UniformDequantization(Dequantizer):
                 ) -> tuple[Tensor, Tensor]:
         x = x.float() if not x.is_floating_point() else x
         noise, log_q = self.noise(x, generator)
-        y = (x + noise) / self.levels
-        n_dims = x[0].numel()
-        log_det = -n_dims * math.log(self.levels) - log_q
+        scale = (self.high - self.low) / self.levels
+        y = self.low + scale * (x + noise)
+        log_det = x[0].numel() * math.log(scale) - log_q
         if self.logit is not None:
             y, logit_log_det = self.logit(y)
             log_det = log_det + logit_log_det
@@ -130,7 +153,51 @@ class UniformDequantization(Dequantizer):
         """Model-space values back to data values in {0, ..., K-1}."""
         if self.logit is not None:
             y = self.logit.inverse(y)
-        return torch.floor(y * self.levels).clamp(0, self.levels - 1)
+        bins = (y - self.low) * (self.levels / (self.high - self.low))
+        return torch.floor(bins).clamp(0, self.levels - 1)
+
+
+class GaussianDequantization(Dequantizer):
+    """TarFlow's noise for sample quality (Zhai et al. 2025; apple/ml-tarflow train.py):
+    y = low + (high - low) x / (K - 1) + sigma eps, eps ~ N(0, I), so the data's K values
+    span ``range`` exactly ([-1, 1] as released) and the model learns their density
+    blurred by sigma. Its bits/dim are -log2 p(y) / D in units of one level of the data:
+    a continuous density of noised data, not a bound on the discrete likelihood, and not
+    comparable with uniform dequantization's.
+
+    ``denoise``: samples take one score step y + sigma^2 grad log p(y) through the flow's
+    own gradient (Tweedie's formula; apple/ml-tarflow sample.ipynb), before rounding."""
+
+    name = "gaussian"
+
+    def __init__(self, levels: int | None, sigma: float = 0.05,
+                 range: list[float] | tuple[float, float] = (-1.0, 1.0),  # noqa: A002
+                 denoise: bool = True, event_shape: tuple[int, ...] = ()):
+        super().__init__()
+        self.levels = needs_levels(levels, self.name)
+        if self.levels < 2:
+            raise ConfigError(f"dequant=gaussian needs at least 2 levels; got {self.levels}")
+        if not sigma > 0:
+            raise ConfigError(f"dequant.sigma must be positive; got {sigma}")
+        self.sigma = float(sigma)
+        self.low, self.high = value_range(range, "dequant")
+        self.denoise_sigma = self.sigma if denoise else None
+        self.bits_per_dim_caveat = (
+            f"dequant=gaussian: bits/dim are of the data blurred by sigma={self.sigma:g}, "
+            f"not the discrete likelihood; use dequant=uniform to compare models")
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None
+                ) -> tuple[Tensor, Tensor]:
+        x = x.float() if not x.is_floating_point() else x
+        scale = (self.high - self.low) / (self.levels - 1)
+        eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        log_det = x.new_full((x.shape[0],), x[0].numel() * math.log(scale))
+        return self.low + scale * x + self.sigma * eps, log_det
+
+    def restore(self, y: Tensor) -> Tensor:
+        """The nearest of the data's K values."""
+        values = (y - self.low) * ((self.levels - 1) / (self.high - self.low))
+        return torch.round(values).clamp(0, self.levels - 1)
 
 
 class NoiseCoupling(str, Enum):

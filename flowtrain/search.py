@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 LEARNING_RATE = "tag(log, interval(1e-4, 1e-2))"
 # The width key of each model that has one, and the widths tried: half, the same and
 # twice the schema default (flowtrain.config); mixture_cdf has none.
-WIDTHS = {"n_filters": (16, 32, 64), "hidden_features": (64, 128, 256)}
+WIDTHS = {"n_filters": (16, 32, 64), "hidden_features": (64, 128, 256),
+          "width": (32, 64, 128)}  # tarflow's: multiples of its head_dim of 32
 
 
 def suggest_width(config: DictConfig, trial: Any) -> None:

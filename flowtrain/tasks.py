@@ -165,8 +165,7 @@ def sample_checkpoint(restored: Restored, run_dir: Path) -> None:
     cfg, model, preprocessing = restored.cfg.sample, restored.model, restored.preprocessing
     generator = torch.Generator(restored.device).manual_seed(cfg.seed)
     with evaluation_mode(model, preprocessing):
-        samples = preprocessing.restore(model.sample(cfg.n, temperature=cfg.temperature,
-                                                     generator=generator))
+        samples = preprocessing.sample(model, cfg.n, cfg.temperature, generator)
     np.savez(run_dir / "samples.npz", samples=_as_data(samples, restored.levels),
              temperature=cfg.temperature, seed=cfg.seed, step=restored.step)
     written = ["samples.npz", *save_sample_pictures(restored, samples, run_dir)]

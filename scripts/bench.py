@@ -32,14 +32,19 @@ REPO = Path(__file__).resolve().parent.parent
 SIZES = {  # the no-argument model on MNIST-sized images, and the seed's full size with
     # the seed's own residual block (1x1 -> 3x3 -> 1x1), so that a comparison with the
     # seed's code is at equal architecture
-    "small": {"shape": (1, 28, 28), "realnvp": {}, "pixelcnn_arflow": {}, "flowpp": {}},
+    "small": {"shape": (1, 28, 28), "realnvp": {}, "pixelcnn_arflow": {}, "flowpp": {},
+              "tarflow": {}},
     "full": {"shape": (3, 32, 32),
              "realnvp": {"n_filters": 128, "n_blocks": 8, "residual_block": "bottleneck"},
              "pixelcnn_arflow": {"n_filters": 128, "n_blocks": 8},
              # experiment=flowpp_cifar10's model (its dequantizer not included)
-             "flowpp": {"n_filters": 96, "n_blocks": 10, "n_components": 32, "dropout": 0.2}},
+             "flowpp": {"n_filters": 96, "n_blocks": 10, "n_components": 32, "dropout": 0.2},
+             # experiment=tarflow_imagenet64's model (on 3x32x32: 256 tokens of 12 values)
+             "tarflow": {"patch_size": 2, "width": 768, "blocks": 8, "layers_per_block": 8,
+                         "head_dim": 64}},
 }
-MODELS = ["plain_realnvp", "realnvp", "realnvp_networks_only", "pixelcnn_arflow", "flowpp"]
+MODELS = ["plain_realnvp", "realnvp", "realnvp_networks_only", "pixelcnn_arflow", "flowpp",
+          "tarflow"]
 # Rows compared with the plain RealNVP baseline: the RealNVP variants.
 COMPARED_WITH_BASELINE = ("plain_realnvp", "realnvp", "realnvp_networks_only")
 # Dense tensor-core peaks from the vendors' data sheets, TFLOP/s: (bf16, tf32). fp32 rows
@@ -55,8 +60,11 @@ def build(model_name: str, size: str) -> torch.nn.Module:
     from flowtrain.flows.flowpp import FlowPlusPlus
     from flowtrain.flows.pixelcnn import PixelCNNFlow
     from flowtrain.flows.realnvp import RealNVP
+    from flowtrain.flows.tarflow import TarFlow
 
     shape = SIZES[size]["shape"]
+    if model_name == "tarflow":
+        return TarFlow(shape, **SIZES[size]["tarflow"])
     if model_name == "pixelcnn_arflow":
         return PixelCNNFlow(shape, **SIZES[size]["pixelcnn_arflow"])
     if model_name == "flowpp":
@@ -218,8 +226,10 @@ def markdown(rows: list[dict], device: torch.device) -> str:
              "the achieved rate by the device's dense bf16 (bf16 rows) or TF32 peak. "
              "Sizes: small is the no-argument RealNVP (32 filters, 2 basic blocks) on "
              "1x28x28; full is the seed's RealNVP (128 filters, 8 of the seed's bottleneck "
-             "blocks), a 128 x 8 PixelCNN flow and experiment=flowpp_cifar10's Flow++ model "
-             "(without its dequantizer) on 3x32x32; small uses each model's defaults.\n",
+             "blocks), a 128 x 8 PixelCNN flow, experiment=flowpp_cifar10's Flow++ model "
+             "(without its dequantizer) and experiment=tarflow_imagenet64's TarFlow (patch "
+             "2, width 768, 8 blocks of 8 layers) on 3x32x32; small uses each model's "
+             "defaults. TarFlow samples with its key/value cache.\n",
              "| model | size | mode | batch | train images/s | speed-up vs plain | samples/s "
              "| peak memory (MiB) | GFLOP/image | TFLOP/s | MFU |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

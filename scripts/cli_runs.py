@@ -60,7 +60,9 @@ def selection(metrics: dict, per_dim: str = "bpd", digits: int = 3) -> str:
 
 def setup_line(overrides: list[str]) -> str:
     """Where the numbers of a results table came from."""
-    return (f"Device: CPU ({os.cpu_count()} cores), torch {torch.__version__}. "
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"Device: CPU ({cores} of {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+            f"threads), torch {torch.__version__}. "
             f"Overrides: {overrides or 'none'}.")
 
 
@@ -103,3 +105,41 @@ def last_image(run_dir: Path, tag: str) -> np.ndarray:
     accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
     accumulator.Reload()
     return mpimg.imread(io.BytesIO(accumulator.Images(tag)[-1].encoded_image_string))
+
+
+def equal_budget_runs(models: list[str], common: list[str], runs: Path,
+                      after_run=None) -> tuple[list, list, list]:
+    """Each model at its defaults for the regime's steps, then at the first model's training
+    seconds (each other model timed on a short run first and given the steps that fit).
+    ``after_run(model, run_dir, metrics)`` may add to an equal-step run's metrics. Returns
+    the equal-step and equal-time (name, metrics) rows and the equal-step runs' last sample
+    grids."""
+    equal_steps, equal_time, images = [], [], []
+    for model in models:
+        metrics = run(runs / model, [*common, f"model={model}"])
+        if after_run is not None:
+            after_run(model, runs / model, metrics)
+        equal_steps.append((model, metrics))
+        images.append(last_image(runs / model, "samples"))
+        print(f"{model}: {metrics['test_bpd_at_best']:.3f} bits/dim", flush=True)
+    seconds = training_seconds(equal_steps[0][1])
+    equal_time.append(equal_steps[0])
+    for model in models[1:]:
+        overrides = [*common, f"model={model}"]
+        steps = steps_in(seconds, runs / f"probe-{model}", overrides)
+        equal_time.append((model, run(runs / f"{model}-timed",
+                                      [*overrides, f"train.steps={steps}"])))
+    return equal_steps, equal_time, images
+
+
+def save_comparison(name: str, equal_steps: list, equal_time: list, images: list,
+                    extra: list[str], repo: Path) -> None:
+    """docs/NAME_digits_samples.png (the equal-step runs' grids side by side) and
+    docs/NAME_comparison.json."""
+    titles = [f"{model}: {metrics['steps']} steps\ntest {metrics['test_bpd_at_best']:.3f} "
+              f"bits/dim (best.pt)" for model, metrics in equal_steps]
+    save_panels(images, titles, repo / "docs" / f"{name}_digits_samples.png", across=True,
+                panel_size=(3.2, 3.6), dpi=80, fontsize=11)
+    (repo / "docs" / f"{name}_comparison.json").write_text(json.dumps(
+        {"setup": setup_line(extra), "equal_steps": dict(equal_steps),
+         "equal_time": dict(equal_time)}, indent=2) + "\n")

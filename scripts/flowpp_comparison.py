@@ -13,7 +13,6 @@ over ``EVAL_SAMPLES`` noise draws.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -22,12 +21,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 from cli_runs import (  # noqa: E402
-    last_image,
-    run,
-    save_panels,
+    equal_budget_runs,
+    save_comparison,
     selection,
     setup_line,
-    steps_in,
     training_seconds,
 )
 
@@ -52,27 +49,11 @@ def table(rows: list[tuple[str, dict]]) -> list[str]:
 
 
 def main(extra: list[str]) -> None:
-    common = [*COMMON, *extra]
-    equal_steps, equal_time, images = [], [], []
     with tempfile.TemporaryDirectory() as folder:
-        runs = Path(folder)
-        for model in MODELS:
-            equal_steps.append((model, run(runs / model, [*common, f"model={model}"])))
-            images.append(last_image(runs / model, "samples"))
-        seconds = training_seconds(equal_steps[0][1])  # RealNVP's
-        equal_time.append(equal_steps[0])
-        for model in MODELS[1:]:
-            overrides = [*common, f"model={model}"]
-            steps = steps_in(seconds, runs / f"probe-{model}", overrides)
-            equal_time.append((model, run(runs / f"{model}-timed",
-                                          [*overrides, f"train.steps={steps}"])))
-    titles = [f"{name}: {metrics['steps']} steps\ntest {metrics['test_bpd_at_best']:.3f} "
-              f"bits/dim (best.pt)" for name, metrics in equal_steps]
-    save_panels(images, titles, REPO / "docs" / "flowpp_digits_samples.png", across=True,
-                panel_size=(3.2, 3.6), dpi=80, fontsize=11)
-    (REPO / "docs" / "flowpp_comparison.json").write_text(json.dumps(
-        {"setup": setup_line(extra), "equal_steps": dict(equal_steps),
-         "equal_time": dict(equal_time)}, indent=2) + "\n")
+        equal_steps, equal_time, images = equal_budget_runs(MODELS, [*COMMON, *extra],
+                                                            Path(folder))
+    seconds = training_seconds(equal_steps[0][1])  # RealNVP's
+    save_comparison("flowpp", equal_steps, equal_time, images, extra, REPO)
     print(setup_line(extra))
     print("\nEqual steps:\n" + "\n".join(table(equal_steps)))
     print(f"\nEqual training time ({seconds:.0f} s, RealNVP's):\n"

@@ -88,14 +88,16 @@ if [ "$DRY" = cpu ]; then
 else
     DEVICE=cuda
     COSTS_ARGS=(--device cuda --budget-s 75)
-    # bench.py's full matrix (2 sizes x 4 models x 4 modes, a fresh process per row of
+    # bench.py's full matrix (2 sizes x 6 models x 4 modes, a fresh process per row of
     # ~5-10 s, and 8 torch.compile rows of 30-90 s each) does not fit in 4 minutes. The
-    # full size first, without compile (12 rows); then the small size (12 rows); then
+    # full size first, without compile (12 rows, TarFlow's two for its MFU); then the small
+    # size (12 rows); then
     # compile for realnvp and plain_realnvp at the full size alone, one row per
     # invocation. Each invocation writes its rows, so one cut short by the deadline loses
     # only its own (its finished rows are in bench.log as JSON lines all the same).
     BENCH_PARTS=(
         "--sizes full --models plain_realnvp,realnvp --modes eager,bf16,channels_last"
+        "--sizes full --models tarflow --modes eager,bf16"
         "--sizes full --models realnvp_networks_only,pixelcnn_arflow --modes eager,bf16,channels_last"
         "--sizes small --modes eager,bf16,channels_last"
         "--sizes full --models realnvp --modes compile"

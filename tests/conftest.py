@@ -153,3 +153,14 @@ def whole_and_resumed(tmp_path: Path, common: list[str], stop_at: int) -> tuple[
             cwd=tmp_path)
     run_cli(*common, f"hydra.run.dir={tmp_path / 'split'}", "resume=true", cwd=tmp_path)
     return read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "split")
+
+
+def sample_four(checkpoint: Path, tmp_path: Path):
+    """``task=sample`` of 4 samples and one 3-step interpolation from ``checkpoint`` into
+    tmp_path/sampled; the samples as stored (numpy)."""
+    import numpy as np
+
+    out = tmp_path / "sampled"
+    run_cli("task=sample", f"ckpt={checkpoint}", "sample.n=4", "sample.interpolation_pairs=1",
+            "sample.interpolation_steps=3", f"hydra.run.dir={out}", cwd=tmp_path)
+    return np.load(out / "samples.npz")["samples"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +127,25 @@ def test_a_checkpoint_from_before_the_validation_split_resumes_with_none(tmp_pat
     run_cli(*steps, "train.steps=50", "data.n_val=0", f"hydra.run.dir={run_dir}",
             "resume=true", cwd=tmp_path)
     assert read_metrics(run_dir)["steps"] == 50
+
+
+def test_a_uniform_run_from_before_dequant_range_resumes_with_the_unit_range():
+    """Checkpoints written before dequant.range have none: they meant [0, 1], so they
+    resume with it and are refused with another; other dequantizers never get the key."""
+    from flowtrain.checkpoint_config import check_same_setup
+    from flowtrain.errors import CheckpointError
+
+    uniform = {"_target_": "flowtrain.dequant.UniformDequantization", "logit_alpha": 0.0,
+               "eval_samples": 1}
+    saved = {"model": {}, "data": {"n_val": 0}, "dequant": uniform}
+    check_same_setup(saved, {**saved, "dequant": {**uniform, "range": [0.0, 1.0]}},
+                     Path("last.pt"))
+    with pytest.raises(CheckpointError, match=r"dequant.range: saved \[0.0, 1.0\], now"):
+        check_same_setup(saved, {**saved, "dequant": {**uniform, "range": [-1.0, 1.0]}},
+                         Path("last.pt"))
+    variational = {**uniform, "_target_": "flowtrain.dequant.VariationalDequantization"}
+    check_same_setup({**saved, "dequant": variational}, {**saved, "dequant": variational},
+                     Path("last.pt"))
 
 
 def test_truncated_checkpoint_is_refused_and_left_alone(tmp_path, trained):

@@ -31,6 +31,7 @@ from flowtrain.flows.multiscale import LearnedPrior, OnKeptHalf, SplitPrior
 from flowtrain.flows.pixelcnn import PixelCNNFlow, PixelCNNMixtureCDF
 from flowtrain.flows.realnvp import RealNVP
 from flowtrain.flows.reshape import ColumnHalves, SpaceToDepth, Squeeze, SwapHalves, Unsqueeze
+from flowtrain.flows.tarflow import Patchify, TarFlow, TransformerAutoregressiveBlock
 from flowtrain.likelihood import Identity, Preprocessing, Standardize, negative_log_likelihood
 
 Sampler = Callable[[nn.Module, int, torch.Generator], Tensor]
@@ -169,6 +170,14 @@ MODELS = {
     "flowpp-3x2x4-one-head": lambda: FlowPlusPlus((3, 2, 4), n_filters=2, n_blocks=1,
                                                    n_components=2, heads=1, column_in=1,
                                                    channelwise=1, column_out=1),
+    "tarflow-1x4x4": lambda: TarFlow((1, 4, 4), patch_size=2, width=8, blocks=2,
+                                     layers_per_block=1, head_dim=4),
+    "tarflow-2x2x6-3blocks-uncached": lambda: TarFlow(
+        (2, 2, 6), patch_size=1, width=6, blocks=3, layers_per_block=2, head_dim=3,
+        expansion=2, kv_cache=False),
+    "tarflow-bounded-1x4x4": lambda: TarFlow((1, 4, 4), patch_size=2, width=8, blocks=2,
+                                             layers_per_block=1, head_dim=4,
+                                             max_log_scale=0.5),
 }
 
 CASES = {
@@ -198,6 +207,14 @@ CASES = {
     "column_halves": Case(ColumnHalves, normal(2, 3, 4), z_shape=(4, 3, 2)),
     "swap_halves": Case(SwapHalves, normal(4, 2, 3)),
     "halves_invertible_conv": Case(lambda: HalvesInvertibleConv(6), normal(6, 2, 2)),
+    # TarFlow's parts: tokens [B, T, D]
+    "patchify": Case(lambda: Patchify((2, 4, 6), 2), normal(2, 4, 6), z_shape=(6, 8)),
+    "transformer_autoregressive_block": Case(
+        lambda: TransformerAutoregressiveBlock(5, 3, width=8, n_layers=2, head_dim=4),
+        normal(5, 3)),
+    "transformer_autoregressive_block-flipped-uncached": Case(
+        lambda: TransformerAutoregressiveBlock(4, 2, width=4, n_layers=1, head_dim=2,
+                                               flip=True, kv_cache=False), normal(4, 2)),
     "dense_invertible_conv_1x1": Case(lambda: DenseInvertibleConv1x1(3), normal(3, 2, 2)),
     # an inverse whose log-det is not zero: its sign is checked
     "inverse-dense_invertible_conv_1x1": Case(lambda: Inverse(DenseInvertibleConv1x1(3)),
@@ -261,13 +278,19 @@ CASES = {
 # of 0.3 gives scales near e^-20, and samples (its inputs here) that overflow.
 # Flow++ stacks up to 9 couplings whose component log-scales are bounded only from below
 # (as released): pushed by 0.3, sampling through them overflows, and the dequantizer's
-# sigmoid rounds to 1.
+# sigmoid rounds to 1. TarFlow's log-scales are unbounded too (as released), and each block
+# multiplies a token by exp(alpha) of every token before it: 0.3 overflows the same way.
 GENTLER_PERTURBATION = {"glow-released-affine-3x4x4": 0.05,
                         "glow-released-additive-1x4x4": 0.05,
                         "released_glow_coupling-affine": 0.05,
                         "released_glow_coupling-additive": 0.05,
                         "flowpp-1x4x4": 0.1, "flowpp-3x2x4-one-head": 0.1,
-                        "variational_noise-mixture_logistic": 0.1}
+                        "variational_noise-mixture_logistic": 0.1,
+                        **dict.fromkeys(["tarflow-1x4x4", "tarflow-2x2x6-3blocks-uncached",
+                                         "tarflow-bounded-1x4x4",
+                                         "transformer_autoregressive_block",
+                                         "transformer_autoregressive_block-flipped-uncached"],
+                                        0.05)}
 
 
 def build(name: str) -> nn.Module:

@@ -32,6 +32,8 @@ def test_schema_defaults_are_the_constructors_defaults(group, name, schema):
         given = parameters[field.name].default
         if given is inspect.Parameter.empty:
             continue  # a required parameter: the config's default is the only one
+        if isinstance(given, tuple):  # a constructor's immutable default for a YAML list
+            given = list(given)
         assert given == default, f"{group}={name}: {field.name} is {default!r} in the schema, " \
                                  f"{given!r} in {schema._target_}"
 

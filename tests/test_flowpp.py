@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, read_metrics, run_cli, whole_and_resumed
+from conftest import REPO, read_metrics, run_cli, sample_four, whole_and_resumed
 from hydra.utils import instantiate
 
 from flowtrain.dequant import VariationalDequantization
@@ -207,11 +206,7 @@ def test_flowpp_trains_with_its_dequantizer_and_resumes_exactly(tmp_path):
     log = (run_dir / "flowtrain.log").read_text()
     assert f"{whole['params']:,} parameters ({whole['params'] + whole['dequant_params']:,} " \
            f"with the dequantizer)" in log
-    out = tmp_path / "sampled"
-    run_cli("task=sample", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "sample.n=4",
-            "sample.interpolation_pairs=1", "sample.interpolation_steps=3",
-            f"hydra.run.dir={out}", cwd=tmp_path)
-    samples = np.load(out / "samples.npz")["samples"]
+    samples = sample_four(run_dir / "checkpoints" / "best.pt", tmp_path)
     assert samples.shape == (4, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 16
     assert read_metrics(run_dir)["params"] == sum(
         p.numel() for p in FlowPlusPlus((1, 8, 8), n_filters=4, n_blocks=1, n_components=2,

@@ -216,20 +216,26 @@ TINY_FLOWPP = ["model=flowpp", "model.n_filters=4", "model.n_blocks=1", "model.n
                "train.log_every=2", "train.eval_batch_size=64"]
 
 
+TINY_TARFLOW = ["model=tarflow", "model.width=8", "model.blocks=2", "model.layers_per_block=1",
+                "model.head_dim=4", "train.steps=4", "train.batch_size=4",
+                "train.eval_every=2", "train.sample_every=4", "train.checkpoint_every=2",
+                "train.log_every=2", "train.eval_batch_size=64"]
+
+
 @pytest.mark.parametrize("model, steps", [("realnvp", 6), ("pixelcnn_arflow", 4),
-                                          ("flowpp", 4)])
+                                          ("flowpp", 4), ("tarflow", 4)])
 def test_image_flows_train_on_fake_cifar10_files(tmp_path, monkeypatch, model, steps):
     import torchvision.datasets.cifar as cifar
 
     overrides = {"realnvp": TINY_REALNVP, "pixelcnn_arflow": TINY_PIXELCNN,
-                 "flowpp": TINY_FLOWPP}[model]
+                 "flowpp": TINY_FLOWPP, "tarflow": TINY_TARFLOW}[model]
     write_fake_cifar10(tmp_path / "data")
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
     run_cli(*overrides, "data=cifar10", f"data.root={tmp_path / 'data'}", "data.n_val=4",
             f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     metrics = read_metrics(tmp_path / "run")
     assert np.isfinite(metrics["test_bpd"]) and metrics["steps"] == steps
-    per_row = {"realnvp": 8, "pixelcnn_arflow": 2, "flowpp": 8}[model]  # 64 samples, or 4
+    per_row = {"pixelcnn_arflow": 2}.get(model, 8)  # 64 samples, or 4
     assert _sample_images(tmp_path / "run")[-1].width == 32 * per_row + per_row + 1
 
 
@@ -277,10 +283,12 @@ def test_realnvp_trains_on_photo_patches(tmp_path):
     assert metrics["steps"] == 6 and 0 < metrics["test_bpd_at_best"] < 16
 
 
-def test_flowpp_trains_on_mnist_sized_files(tmp_path):
-    """28x28: column pairs of 14, a squeeze to 14x14, column pairs of 7."""
+@pytest.mark.parametrize("overrides", [TINY_FLOWPP, TINY_TARFLOW], ids=["flowpp", "tarflow"])
+def test_flowpp_and_tarflow_train_on_mnist_sized_files(tmp_path, overrides):
+    """28x28: Flow++'s column pairs of 14, a squeeze to 14x14, column pairs of 7;
+    TarFlow's 196 patches of 2x2."""
     write_fake_mnist(tmp_path / "data", size=28)
-    run_cli(*TINY_FLOWPP, "data=mnist", f"data.root={tmp_path / 'data'}", "data.n_val=2",
+    run_cli(*overrides, "data=mnist", f"data.root={tmp_path / 'data'}", "data.n_val=2",
             "train.n_samples=4", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     metrics = read_metrics(tmp_path / "run")
     assert metrics["steps"] == 4 and np.isfinite(metrics["test_bpd"])

@@ -10,6 +10,7 @@ from conftest import TINY_RUN, read_metrics, run_cli
 from flowtrain.flows.flowpp import FlowPlusPlus
 from flowtrain.flows.pixelcnn import PixelCNNFlow
 from flowtrain.flows.realnvp import RealNVP
+from flowtrain.flows.tarflow import TarFlow
 from flowtrain.training.runtime import autocast
 
 SHORT_DIGITS = ["data=digits", "model=realnvp", "model.n_filters=8", "model.n_blocks=1",
@@ -81,6 +82,8 @@ def test_a_flow_with_actnorm_is_one_graph_once_initialized():
     lambda: PixelCNNFlow((3, 4, 4), n_components=3, n_filters=6, n_blocks=1),
     lambda: FlowPlusPlus((3, 4, 4), n_filters=8, n_blocks=1, n_components=3, heads=2,
                          column_in=1, channelwise=1, column_out=1),
+    lambda: TarFlow((3, 4, 4), patch_size=2, width=16, blocks=2, layers_per_block=1,
+                    head_dim=8),
 ])
 def test_under_bf16_only_the_networks_lose_precision(make):
     torch.manual_seed(0)

@@ -147,6 +147,7 @@ def test_the_width_is_searched_only_where_the_model_has_one_and_nobody_fixed_it(
 
     assert set(suggested({"n_filters": 32}, {})) == {"model.n_filters"}
     assert suggested({"n_filters": 32}, {"model.n_filters": 8}) == {}
+    assert set(suggested({"width": 64, "head_dim": 32}, {})) == {"model.width"}  # tarflow
     assert suggested({"n_components": 8}, {}) == {}  # mixture_cdf: no width
 
 

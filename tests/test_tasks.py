@@ -186,7 +186,8 @@ def test_sample_of_points_writes_the_density_figures(points_run, tmp_path):
 PRESETS = {"realnvp_cifar10": "RealNVP", "glow_cifar10": "Glow",
            "pixelcnn_arflow_mnist": "PixelCNNFlow", "realnvp_mnist": "RealNVP",
            "digits_realnvp": "RealNVP", "toy2d_arflow": "AutoregressiveFlow",
-           "flowpp_cifar10": "FlowPlusPlus", "flowpp_cifar10_uniform": "FlowPlusPlus"}
+           "flowpp_cifar10": "FlowPlusPlus", "flowpp_cifar10_uniform": "FlowPlusPlus",
+           "tarflow_imagenet64": "TarFlow"}
 
 
 def test_every_preset_file_is_listed_here():

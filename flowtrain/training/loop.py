@@ -134,9 +134,7 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(self.seed + self.state.step)
         model, preprocessing = self.state.evaluated
         with evaluation_mode(model, preprocessing):
-            samples = model.sample(n, temperature=self.cfg.sample_temperature,
-                                   generator=generator)
-        return preprocessing.restore(samples)
+            return preprocessing.sample(model, n, self.cfg.sample_temperature, generator)
 
     # --- writing ---------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from flowtrain.errors import ConfigError
 
 # Keys of the optim group that shape the schedule or the parameter groups rather than the
 # torch optimizer.
-_NOT_FOR_THE_OPTIMIZER = ("schedule", "warmup_steps", "min_lr_ratio", "weight_decay_on")
+_NOT_FOR_THE_OPTIMIZER = ("schedule", "warmup_steps", "warmup_epochs", "min_lr_ratio",
+                          "weight_decay_on")
 # How torch's weight normalization names a layer's scale g (its direction v: original1).
 _WEIGHT_SCALE_SUFFIX = "parametrizations.weight.original0"
 
@@ -58,9 +59,23 @@ def lr_factor(step: int, schedule: Schedule, warmup_steps: int, total_steps: int
     return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_steps(cfg: DictConfig, steps_per_epoch: int) -> int:
+    """``optim.warmup_steps``, or ``optim.warmup_epochs`` passes of ``steps_per_epoch``
+    (TarFlow's one-epoch warm-up: apple/ml-tarflow train.py, ``len(data_loader)``)."""
+    epochs = cfg.get("warmup_epochs")
+    if epochs is None:
+        return int(cfg.warmup_steps)
+    if epochs < 0:
+        raise ConfigError(f"optim.warmup_epochs must be at least 0; got {epochs}")
+    return round(epochs * steps_per_epoch)
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule; ``steps_per_epoch`` counts ``optim.warmup_epochs``."""
+    warmup = warmup_steps(cfg, steps_per_epoch)
+
     def factor(step: int) -> float:
-        return lr_factor(step, cfg.schedule, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+        return lr_factor(step, cfg.schedule, warmup, total_steps, cfg.min_lr_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
