@@ -5,6 +5,10 @@ levels), so a CIFAR-10 model opens without the CIFAR-10 files.
     flow = flowtrain.load("outputs/DATE/TIME/checkpoints/best.pt")
     flow.bits_per_dim(images)        # per image, with the noise the run's evaluation drew
     flow.sample(16, seed=0)          # integer images, as the data set stores them
+
+A class-conditional flow (``model.conditional=true``) takes ``label=``: one class (its
+index or name) for every example, or one per example: ``flow.sample(16, label=7)``,
+``flow.bits_per_dim(images, label=labels)``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from flowtrain.build import checkpoint_shape, rebuild_from_checkpoint
+from flowtrain.build import checkpoint_classes, checkpoint_shape, rebuild_from_checkpoint
+from flowtrain.class_labels import labels_for
 from flowtrain.data.base import as_stored
 from flowtrain.errors import CheckpointError
 from flowtrain.flows.base import FlowModel
@@ -52,10 +57,37 @@ class TrainedFlow:
     levels: int | None
     step: int
     device: torch.device
+    classes: tuple[str, ...] | None = None  # a class-conditional flow's; None: unconditional
 
     @property
     def n_dims(self) -> int:
         return int(np.prod(self.data_shape))
+
+    def _labels(self, label: Any, n: int) -> Tensor | None:
+        """``label`` (one class, or one per example) as the model's labels for ``n``
+        examples; None for an unconditional flow, which refuses any label."""
+        if self.classes is None:
+            if label is not None:
+                raise ValueError("this flow was trained without labels (model.conditional="
+                                 "false): it models p(x), and label= has no meaning. Train "
+                                 "with model.conditional=true on labelled data for p(x | "
+                                 "class).")
+            return None
+        if label is None:
+            shown = ", ".join(self.classes[:10]) + (", ..." if len(self.classes) > 10 else "")
+            raise ValueError(f"this flow is class-conditional: pass label= (a class index "
+                             f"from 0 to {len(self.classes) - 1}, or a name: {shown})")
+        return labels_for(label, n, self.classes).to(self.device)
+
+    def _labelled_batches(self, x: np.ndarray | Tensor, label: Any
+                          ) -> list[tuple[Tensor, Tensor | None]]:
+        """``_batches`` of x, each with its labels (None for an unconditional flow)."""
+        batches = self._batches(x)
+        labels = self._labels(label, sum(len(batch) for batch in batches))
+        if labels is None:
+            return [(batch, None) for batch in batches]
+        return list(zip(batches, labels.split([len(batch) for batch in batches]),
+                        strict=True))
 
     def _noise(self, seed: int | None) -> torch.Generator:
         """Where dequantization noise comes from: ``seed``, or the run's, which its
@@ -86,61 +118,71 @@ class TrainedFlow:
 
     @torch.no_grad()
     @exact_float32()
-    def log_prob(self, x: np.ndarray | Tensor, n_samples: int = 1, seed: int | None = None
-                 ) -> Tensor:
-        """log p(x) per example in nats, in the data's own units: for integer data the
-        dequantization bound, or with ``n_samples`` > 1 the importance-weighted estimate
-        over that many noise draws (tighter). The noise comes from ``seed`` (default: the
-        run's seed, as its evaluation drew it), so the same call gives the same number."""
+    def log_prob(self, x: np.ndarray | Tensor, n_samples: int = 1, seed: int | None = None,
+                 *, label: Any = None) -> Tensor:
+        """log p(x) per example in nats (log p(x | label) for a class-conditional flow),
+        in the data's own units: for integer data the dequantization bound, or with
+        ``n_samples`` > 1 the importance-weighted estimate over that many noise draws
+        (tighter). The noise comes from ``seed`` (default: the run's seed, as its
+        evaluation drew it), so the same call gives the same number."""
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1; got {n_samples}")
         generator = self._noise(seed)
         results = []
         with evaluation_mode(self.model, self.preprocessing):
-            for batch in self._batches(x):
+            for batch, labels in self._labelled_batches(x, label):
                 if n_samples == 1:
                     nll = negative_log_likelihood(self.model, self.preprocessing, batch,
-                                                  generator)
+                                                  generator, context=labels)
                 else:
                     nll, _ = importance_weighted_nll(self.model, self.preprocessing, batch,
-                                                     n_samples, generator)
+                                                     n_samples, generator, labels)
                 results.append(-nll.cpu())
         return torch.cat(results) if results else torch.empty(0)
 
     def bits_per_dim(self, x: np.ndarray | Tensor, n_samples: int = 1,
-                     seed: int | None = None) -> Tensor:
+                     seed: int | None = None, *, label: Any = None) -> Tensor:
         """-log2 p(x) / D per example: what a run reports as bits/dim."""
-        return bits_per_dim(-self.log_prob(x, n_samples, seed), self.n_dims)
+        return bits_per_dim(-self.log_prob(x, n_samples, seed, label=label), self.n_dims)
 
     @torch.no_grad()
     @exact_float32()
-    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> Tensor:
+    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None, *,
+               label: Any = None) -> Tensor:
         """``n`` samples in data space (integer images as the data set stores them, uint8
-        where 256 levels or fewer); ``temperature`` scales a Gaussian base's noise."""
+        where 256 levels or fewer), of the class ``label`` for a class-conditional flow;
+        ``temperature`` scales a Gaussian base's noise."""
+        labels = self._labels(label, n)
         generator = (torch.Generator(self.device).manual_seed(seed) if seed is not None
                      else None)
         with evaluation_mode(self.model, self.preprocessing):
-            values = self.preprocessing.sample(self.model, n, temperature, generator).cpu()
+            values = self.preprocessing.sample(self.model, n, temperature, generator,
+                                               labels).cpu()
         return as_stored(values, self.levels)
 
     @torch.no_grad()
     @exact_float32()
-    def encode(self, x: np.ndarray | Tensor, seed: int | None = None) -> Tensor:
-        """Data -> base space: z = f(preprocess(x)), dequantization noise from ``seed``
-        (default: the run's seed)."""
+    def encode(self, x: np.ndarray | Tensor, seed: int | None = None, *,
+               label: Any = None) -> Tensor:
+        """Data -> base space: z = f(preprocess(x)) (given ``label``, for a
+        class-conditional flow), dequantization noise from ``seed`` (default: the run's
+        seed)."""
         generator = self._noise(seed)
         with evaluation_mode(self.model, self.preprocessing):
-            return torch.cat([self.model(self.preprocessing(batch, generator)[0])[0].cpu()
-                              for batch in self._batches(x)])
+            return torch.cat([
+                self.model(self.preprocessing(batch, generator)[0], labels)[0].cpu()
+                for batch, labels in self._labelled_batches(x, label)])
 
     @torch.no_grad()
     @exact_float32()
-    def decode(self, z: Tensor) -> Tensor:
-        """Base space -> data space: the inverse of ``encode`` up to the dequantization
-        noise (integer images come back as the integers they were)."""
+    def decode(self, z: Tensor, *, label: Any = None) -> Tensor:
+        """Base space -> data space: the inverse of ``encode`` (under the same ``label``)
+        up to the dequantization noise (integer images come back as the integers they
+        were)."""
         z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
+        labels = self._labels(label, len(z))
         with evaluation_mode(self.model, self.preprocessing):
-            values = self.preprocessing.restore(self.model.inverse(z)).cpu()
+            values = self.preprocessing.restore(self.model.inverse(z, labels)).cpu()
         return as_stored(values, self.levels)
 
 
@@ -159,4 +201,5 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> TrainedFlow:
     preprocessing.eval()
     event_shape, levels = checkpoint_shape(saved, path, None)
     return TrainedFlow(model, preprocessing, config, event_shape, levels,
-                       int(saved.get("step", 0)), device)
+                       int(saved.get("step", 0)), device,
+                       checkpoint_classes(saved, OmegaConf.create(config), path))

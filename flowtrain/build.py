@@ -14,8 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from flowtrain.checkpoint_config import check_same_setup
-from flowtrain.data.base import FlowData
-from flowtrain.errors import CheckpointError
+from flowtrain.class_labels import class_rows
+from flowtrain.data.base import LABELLED_DATA_SETS, FlowData
+from flowtrain.errors import CheckpointError, ConfigError
 from flowtrain.flows.base import Bijection, FlowModel
 from flowtrain.likelihood import Identity, Preprocessing, Standardize
 from flowtrain.training.average import WeightAverage
@@ -43,20 +44,42 @@ def resume_path(resume: object, run_dir: Path) -> Path | None:
     return Path(str(resume)).expanduser()
 
 
+def is_conditional(cfg: DictConfig) -> bool:
+    """Whether the config's model is class-conditional (model.conditional=true)."""
+    return bool(cfg.model.get("conditional", False))
+
+
+def conditioning_classes(cfg: DictConfig, data: FlowData) -> tuple[str, ...] | None:
+    """The class names a conditional model is built for (None for an unconditional one);
+    data without labels is refused here, before anything trains."""
+    if not is_conditional(cfg):
+        return None
+    if data.labels is None:
+        why = f" ({data.unlabelled_because})" if data.unlabelled_because else ""
+        raise ConfigError(f"model.conditional=true models p(x | class), and {data.name} has "
+                          f"no class labels{why}. Use a labelled data set "
+                          f"({LABELLED_DATA_SETS}), or leave model.conditional=false.")
+    return tuple(data.labels.classes)
+
+
 def build_flow(cfg: DictConfig, data: FlowData, device: torch.device
                ) -> tuple[FlowModel, Preprocessing]:
     """The model and the data-to-model-space preprocessing the config names, for ``data``:
     what training builds and what a checkpoint is loaded into."""
     standardize = Standardize.fit(data.train) if data.standardize else Identity()
-    return build_for_shape(cfg, tuple(data.event_shape), data.levels, standardize, device)
+    classes = conditioning_classes(cfg, data)
+    return build_for_shape(cfg, tuple(data.event_shape), data.levels, standardize, device,
+                           n_classes=len(classes or ()))
 
 
 def build_for_shape(cfg: DictConfig, event_shape: tuple[int, ...], levels: int | None,
-                    standardize: Bijection, device: torch.device
+                    standardize: Bijection, device: torch.device, n_classes: int = 0
                     ) -> tuple[FlowModel, Preprocessing]:
     """The config's model and preprocessing for examples of ``event_shape`` with ``levels``
-    (None: continuous), without the data: what a checkpoint alone can rebuild."""
-    model: FlowModel = instantiate(cfg.model, event_shape=event_shape).to(device)
+    (None: continuous), without the data: what a checkpoint alone can rebuild. A
+    conditional model is built for ``n_classes`` classes."""
+    classes = {"n_classes": n_classes} if is_conditional(cfg) else {}
+    model: FlowModel = instantiate(cfg.model, event_shape=event_shape, **classes).to(device)
     dequantizer = instantiate(cfg.dequant, levels=levels, event_shape=event_shape)
     return model, Preprocessing(dequantizer, standardize).to(device)
 
@@ -100,7 +123,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
         check_same_setup(saved.get("config", {}), config, checkpoint)
     with ranks.main_first():  # one download, not one per rank
         data: FlowData = instantiate(cfg.data)
+    if saved is not None:
+        check_same_classes(saved, data, checkpoint)
     model, preprocessing = build_flow(cfg, data, device)
+    check_sample_classes(cfg.train.sample_classes, model, data)
     n_model = sum(parameter.numel() for parameter in model.parameters())
     n_dequantizer = sum(parameter.numel() for parameter in preprocessing.parameters())
     log.info("%s on %s %s: %s parameters%s", type(model).__name__, data.name,
@@ -121,13 +147,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
                                   steps_per_epoch=max(1, len(data.train)
                                                       // cfg.train.batch_size)),
         batches=BatchStream(data.train, cfg.train.batch_size, seed=cfg.seed,
-                            hflip=data.hflip),
+                            hflip=data.hflip,
+                            labels=data.labels.train if model.n_classes else None),
         device=device,
         # Copied before the trainer compiles the model, and before any checkpoint is loaded.
         average=(WeightAverage({"model": model, "preprocessing": preprocessing},
                                cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None),
         extra={"config": config, "choices": dict(choices or {}),
-               "data_shape": {"event_shape": list(data.event_shape), "levels": data.levels}},
+               "data_shape": {"event_shape": list(data.event_shape), "levels": data.levels,
+                              **({"classes": list(data.labels.classes)}
+                                 if model.n_classes else {})}},
     )
     if saved is not None:
         restore(state, saved, checkpoint)
@@ -138,6 +167,20 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
     return Trainer(state, data, cfg.train, run_dir, device, seed=cfg.seed,
                    resume_command=resume_command, ranks=ranks,
                    hyperparameters=hyperparameters)
+
+
+def check_sample_classes(chosen: list | None, model: FlowModel, data: FlowData) -> None:
+    """``train.sample_classes`` checked before training, not at the first sample grid."""
+    if not chosen:
+        return
+    if not model.n_classes:
+        log.warning("train.sample_classes=%s is ignored: the model is not class-conditional "
+                    "(model.conditional=false)", list(chosen))
+        return
+    try:
+        class_rows(data.labels.classes, chosen, 1)
+    except ValueError as error:
+        raise ConfigError(f"train.sample_classes: {error}") from error
 
 
 def restore(state: TrainingState, saved: dict, path: Path) -> None:
@@ -155,12 +198,35 @@ _FIX_FOR_EVAL = ("Evaluate it with the config stored in it (leave out model and 
                  "overrides).")
 
 
+def check_same_classes(saved: dict, data: FlowData, path: Path) -> None:
+    """A class-conditional checkpoint's classes, by name and in order, against the data's:
+    other classes would score and sample every image under the wrong label."""
+    shape = saved.get("data_shape")
+    classes = shape.get("classes") if isinstance(shape, dict) else None
+    if classes is None:
+        return  # an unconditional model: labels, if any, are not used
+    given = None if data.labels is None else list(data.labels.classes)
+    if given != list(classes):
+        raise CheckpointError(
+            f"{path} holds a class-conditional model of the classes {_names(classes)}; "
+            f"{data.name} has {'no class labels' if given is None else _names(given)}. "
+            f"Give it data with the same classes in the same order, or leave data=... out "
+            f"to use the data set it was trained on.")
+
+
+def _names(classes: list[str]) -> str:
+    return ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)"
+                                      if len(classes) > 10 else "")
+
+
 def check_data_fits(saved: dict, data: FlowData, path: Path) -> None:
-    """Refuse data whose examples have another shape than the checkpoint's model takes;
-    warn when only the number of levels differs (bits/dim are then the new data's)."""
+    """Refuse data whose examples have another shape than the checkpoint's model takes,
+    or, for a class-conditional model, other classes; warn when only the number of levels
+    differs (bits/dim are then the new data's)."""
     shape = saved.get("data_shape")
     if not isinstance(shape, dict):
         return  # an older checkpoint: the state-dict shapes are checked instead
+    check_same_classes(saved, data, path)
     expected = tuple(shape["event_shape"])
     if tuple(data.event_shape) != expected:
         raise CheckpointError(
@@ -200,6 +266,21 @@ def rebuild_from_checkpoint(cfg: DictConfig, saved: dict, path: Path, device: to
     # Placeholders: loading the weights puts the training split's statistics in.
     standardize = (Standardize(torch.zeros(event_shape), torch.ones(event_shape))
                    if "standardize.mean" in preprocessing_weights else Identity())
-    model, preprocessing = build_for_shape(cfg, event_shape, levels, standardize, device)
+    model, preprocessing = build_for_shape(cfg, event_shape, levels, standardize, device,
+                                           n_classes=len(checkpoint_classes(saved, cfg, path)
+                                                         or ()))
     load_weights(model, preprocessing, saved, path, fix)
     return model, preprocessing
+
+
+def checkpoint_classes(saved: dict, cfg: DictConfig, path: Path) -> tuple[str, ...] | None:
+    """The class names a checkpoint's conditional model was trained with (None for an
+    unconditional model): stored with its data shape."""
+    if not is_conditional(cfg):
+        return None
+    shape = saved.get("data_shape")
+    classes = shape.get("classes") if isinstance(shape, dict) else None
+    if not isinstance(classes, list) or len(classes) < 2:
+        raise CheckpointError(f"{path} holds a class-conditional model but not the classes "
+                              f"it was trained with; it cannot be rebuilt.")
+    return tuple(str(name) for name in classes)

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from flowtrain.config import Config
+from flowtrain.config import SCHEMAS, Config
 from flowtrain.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,15 @@ _SET_BY_CHOICES = ("model", "data", "dequant")
 _FIXED_ON_RESUME = ("model", "data", "dequant")
 _WHERE_NOT_WHAT = {"data.root", "data.download"}
 # Keys added to a group after checkpoints were written, with the value that means what
-# such a checkpoint did, and the one _target_ they belong to (None: any): it resumes when
+# such a checkpoint did, and the _target_s they belong to (None: any): it resumes when
 # the key has that value now (data.n_val=0, the training split whole, as before the
-# validation split; dequant.range=[0, 1], the only range before TarFlow's [-1, 1]).
+# validation split; dequant.range=[0, 1], the only range before TarFlow's [-1, 1];
+# model.conditional=false, the only kind of image model before class-conditional ones).
+_CONDITIONAL_MODELS = tuple(schema._target_ for schema in SCHEMAS["model"].values()
+                            if "conditional" in schema.__dataclass_fields__)
 _ADDED_SINCE = {"data.n_val": (0, None),
-                "dequant.range": ([0.0, 1.0], "flowtrain.dequant.UniformDequantization")}
+                "dequant.range": ([0.0, 1.0], ("flowtrain.dequant.UniformDequantization",)),
+                "model.conditional": (False, _CONDITIONAL_MODELS)}
 # task=eval|sample: what the saved weights are, which the command line may not change;
 # how to evaluate, which it may; and what belongs to this process, never to the checkpoint.
 _FIXED = ("model", "dequant")
@@ -106,11 +110,11 @@ def config_differences(saved: Any, current: Any, key: str, current_is: str = "gi
 def _with_added_keys(saved: dict) -> dict:
     """``saved`` with each key of ``_ADDED_SINCE`` its group lacks set to what it meant."""
     completed = copy.deepcopy(saved)
-    for key, (value, target) in _ADDED_SINCE.items():
+    for key, (value, targets) in _ADDED_SINCE.items():
         *parents, last = key.split(".")
         group = _get(completed, ".".join(parents))
         if (isinstance(group, dict) and last not in group
-                and target in (None, group.get("_target_"))):
+                and (targets is None or group.get("_target_") in targets)):
             group[last] = copy.deepcopy(value)
     return completed
 

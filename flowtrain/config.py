@@ -100,6 +100,8 @@ class RealNVPConfig:
     residual_block: Block = Block.basic  # basic: 3x3 -> 3x3; bottleneck: the seed's 1x1-3x3-1x1
     # 1: single-scale, shaped by the three counts above; more: the paper's multi-scale model
     scales: int = 1
+    # p(x | class) on labelled data: the class labels condition the model (docs/CONFIG.md)
+    conditional: bool = False
 
 
 @dataclass
@@ -112,6 +114,8 @@ class GlowConfig:
     n_blocks: int = 1  # residual blocks of the resnet network (the released one has none)
     network: GlowNetwork = GlowNetwork.resnet  # resnet | released (openai/glow's)
     coupling: GlowCoupling = GlowCoupling.affine  # affine | additive (network=released)
+    # p(x | class) on labelled data: the class labels condition the model (docs/CONFIG.md)
+    conditional: bool = False
 
 
 @dataclass
@@ -122,6 +126,8 @@ class PixelCNNFlowConfig:
     n_filters: int = 32
     n_blocks: int = 3
     network: Network = Network.gated
+    # p(x | class) on labelled data: the class labels condition the model (docs/CONFIG.md)
+    conditional: bool = False
 
 
 @dataclass
@@ -136,6 +142,8 @@ class FlowPlusPlusConfig:
     column_in: int = 4
     channelwise: int = 2
     column_out: int = 3
+    # p(x | class) on labelled data: the class labels condition the model (docs/CONFIG.md)
+    conditional: bool = False
 
 
 @dataclass
@@ -150,6 +158,8 @@ class TarFlowConfig:
     kv_cache: bool = True  # sampling reads one token per step with a key/value cache
     # > 0: every log-scale is m tanh(alpha / m), within (-m, m); 0: unbounded, as released
     max_log_scale: float = 0.0
+    # p(x | class) on labelled data: the class labels condition the model (docs/CONFIG.md)
+    conditional: bool = False
 
 
 # --- data --------------------------------------------------------------------------------
@@ -371,6 +381,9 @@ class TrainConfig:
     # > 0: keep an exponential moving average of the weights (model and learned
     # dequantizer) with this decay; evaluation, best.pt and task=eval|sample use it
     ema_decay: float = 0.0
+    # a class-conditional model's sample grid: one row for each of these classes (names
+    # or indices, at most 10); null: the first 10
+    sample_classes: Optional[list[Any]] = None  # noqa: UP045
 
 
 @dataclass
@@ -378,13 +391,16 @@ class SampleConfig:
     """What ``task=sample`` draws: ``n`` samples at ``temperature`` (Gaussian bases) from a
     generator seeded with ``seed``; for images also ``interpolation_pairs`` rows of
     ``interpolation_steps`` images between pairs of test images, decoded from a straight
-    line between their latents."""
+    line between their latents. A class-conditional model draws them of ``label``."""
 
     n: int = 64
     temperature: float = 1.0
     seed: int = 0
     interpolation_steps: int = 8
     interpolation_pairs: int = 4
+    # a class-conditional model: every sample of this class (a name or an index); null: one
+    # row for each of the first 10 classes
+    label: Any = None
 
 
 @dataclass

@@ -75,17 +75,23 @@ class Preprocessing(nn.Module):
         return self.dequantizer.restore(self.standardize.inverse(y))
 
     def sample(self, model: FlowModel, n: int, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> Tensor:
-        """``n`` model samples in data space; where the dequantizer's noise was Gaussian
-        (``denoise_sigma``), first one denoising step (``denoise``)."""
-        y = model.sample(n, temperature=temperature, generator=generator)
+               generator: torch.Generator | None = None, context: Tensor | None = None
+               ) -> Tensor:
+        """``n`` model samples in data space (given ``context``: a conditional model's
+        labels, [n]); where the dequantizer's noise was Gaussian (``denoise_sigma``),
+        first one denoising step (``denoise``)."""
+        y = model.sample(n, context=context, temperature=temperature, generator=generator)
         sigma = self.dequantizer.denoise_sigma
         if sigma is not None:
-            y = torch.cat([self.denoise(model, chunk, sigma)
-                           for chunk in y.split(DENOISE_CHUNK)])
+            chunks = y.split(DENOISE_CHUNK)
+            contexts = ([None] * len(chunks) if context is None
+                        else context.split(DENOISE_CHUNK))
+            y = torch.cat([self.denoise(model, chunk, sigma, chunk_context)
+                           for chunk, chunk_context in zip(chunks, contexts, strict=True)])
         return self.restore(y)
 
-    def denoise(self, model: FlowModel, y: Tensor, sigma: float) -> Tensor:
+    def denoise(self, model: FlowModel, y: Tensor, sigma: float,
+                context: Tensor | None = None) -> Tensor:
         """Tweedie's step v + sigma^2 grad_v log p(v), in the space the noise was added in
         (v: before standardization): the posterior mean of the clean data for noise of
         std sigma, with the score from the flow's own gradient. Holds the activations of a
@@ -93,7 +99,7 @@ class Preprocessing(nn.Module):
         with torch.enable_grad():
             noisy = self.standardize.inverse(y.detach()).requires_grad_(True)
             standardized, log_det = self.standardize(noisy)
-            log_density = model.log_prob(standardized) + log_det
+            log_density = model.log_prob(standardized, context) + log_det
             (score,) = torch.autograd.grad(log_density.sum(), noisy)
         return self.standardize(noisy.detach() + sigma ** 2 * score)[0]
 

@@ -20,8 +20,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from flowtrain.build import check_data_fits, checkpoint_shape, rebuild_from_checkpoint
+from flowtrain.build import (
+    check_data_fits,
+    checkpoint_classes,
+    checkpoint_shape,
+    rebuild_from_checkpoint,
+)
 from flowtrain.checkpoint_config import check_held_out, checkpoint_config
+from flowtrain.class_labels import MAX_CLASS_ROWS, class_rows, labels_for
 from flowtrain.config import SampleConfig, Split, Task
 from flowtrain.data.base import FlowData, as_stored
 from flowtrain.errors import ConfigError, DataError, user_error_in
@@ -57,6 +63,7 @@ class Restored:
     data: FlowData | None
     event_shape: tuple[int, ...]
     levels: int | None
+    classes: tuple[str, ...] | None  # a class-conditional model's; None: unconditional
 
 
 def _needs_data(task: Task, cfg: DictConfig, saved: dict) -> bool:
@@ -110,7 +117,7 @@ def restore_checkpoint(cfg: DictConfig, typed_overrides: list[str]) -> Restored:
              run_cfg.model._target_.rsplit(".", 1)[-1],
              data.name if data is not None else "not loaded")
     return Restored(path, run_cfg, step, device, model, preprocessing, data, event_shape,
-                    levels)
+                    levels, checkpoint_classes(saved, run_cfg, path))
 
 
 def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
@@ -159,37 +166,74 @@ def _as_data(values: torch.Tensor, levels: int | None) -> np.ndarray:
     return as_stored(values.cpu(), levels).numpy()
 
 
+def sample_labels(restored: Restored, cfg: SampleConfig) -> tuple[torch.Tensor | None, int | None]:
+    """(the labels to draw samples of, the samples a grid row holds): None, None for an
+    unconditional model; every sample of ``sample.label``; or, without one, a row for
+    each of the first classes (at most 10), as many a row as ``sample.n`` allows."""
+    if restored.classes is None:
+        if cfg.label is not None:
+            raise ConfigError(f"sample.label={cfg.label}: this model was trained without "
+                              f"labels (model.conditional=false); it models p(x) and draws "
+                              f"no class. Train it with model.conditional=true on labelled "
+                              f"data to sample a class.")
+        return None, None
+    if cfg.label is not None:
+        try:
+            return labels_for(cfg.label, cfg.n, restored.classes), None
+        except ValueError as error:
+            raise ConfigError(f"sample.{error}") from error
+    rows = min(len(restored.classes), MAX_CLASS_ROWS)
+    per_row = max(1, cfg.n // rows)
+    if per_row * rows != cfg.n:
+        log.info("sample.n=%d drawn as %d: %d a row for each of %d classes (sample.label=K "
+                 "draws one class)", cfg.n, per_row * rows, per_row, rows)
+    return class_rows(restored.classes, None, per_row), per_row
+
+
 def sample_checkpoint(restored: Restored, run_dir: Path) -> None:
     """``sample.n`` samples at ``sample.temperature`` from a generator seeded with
-    ``sample.seed``: samples.npz and a picture; for images also the interpolation."""
+    ``sample.seed`` (of ``sample.label``, or a row per class, for a class-conditional
+    model): samples.npz and a picture; for images also the interpolation."""
     cfg, model, preprocessing = restored.cfg.sample, restored.model, restored.preprocessing
+    labels, per_row = sample_labels(restored, cfg)
+    n = cfg.n if labels is None else len(labels)
     generator = torch.Generator(restored.device).manual_seed(cfg.seed)
     with evaluation_mode(model, preprocessing):
-        samples = preprocessing.sample(model, cfg.n, cfg.temperature, generator)
+        samples = preprocessing.sample(model, n, cfg.temperature, generator,
+                                       None if labels is None else labels.to(restored.device))
     np.savez(run_dir / "samples.npz", samples=_as_data(samples, restored.levels),
-             temperature=cfg.temperature, seed=cfg.seed, step=restored.step)
-    written = ["samples.npz", *save_sample_pictures(restored, samples, run_dir)]
+             temperature=cfg.temperature, seed=cfg.seed, step=restored.step,
+             **({} if labels is None else {"labels": labels.numpy()}))
+    written = ["samples.npz", *save_sample_pictures(restored, samples, run_dir, per_row)]
     if is_image(restored) and cfg.interpolation_pairs > 0 and restored.data is not None:
         written += save_interpolation(restored, cfg, run_dir)
-    log.info("%d samples at temperature %g (sample.seed=%d): %s in %s", cfg.n,
-             cfg.temperature, cfg.seed, ", ".join(written), run_dir)
+    log.info("%d samples at temperature %g (sample.seed=%d)%s: %s in %s", n,
+             cfg.temperature, cfg.seed, _of_classes(labels, restored.classes),
+             ", ".join(written), run_dir)
+
+
+def _of_classes(labels: torch.Tensor | None, classes: tuple[str, ...] | None) -> str:
+    if labels is None or classes is None:
+        return ""
+    shown = [classes[index] for index in labels.unique().tolist()]
+    return f" of class {shown[0]}" if len(shown) == 1 else f" of classes {', '.join(shown)}"
 
 
 def is_image(restored: Restored) -> bool:
     return len(restored.event_shape) == 3 and restored.levels is not None
 
 
-def save_sample_pictures(restored: Restored, samples: torch.Tensor, run_dir: Path
-                         ) -> list[str]:
-    """samples.png (images: all of them in one grid) or, for 1-D and 2-D points, the
-    training run's figures drawn with these samples (they need the data); the files
-    written."""
+def save_sample_pictures(restored: Restored, samples: torch.Tensor, run_dir: Path,
+                         per_row: int | None = None) -> list[str]:
+    """samples.png (images: all of them in one grid, ``per_row`` a row, or about a
+    square) or, for 1-D and 2-D points, the training run's figures drawn with these
+    samples (they need the data); the files written."""
     model, preprocessing, data = restored.model, restored.preprocessing, restored.data
     if is_image(restored):
-        pictures = {"samples": image_grid(samples, restored.levels)}
+        pictures = {"samples": image_grid(samples, restored.levels, per_row=per_row)}
     elif data is not None:
         with evaluation_mode(model, preprocessing):
-            pictures = figures_for(model, preprocessing, data, lambda _: samples, len(samples))
+            pictures = figures_for(model, preprocessing, data, lambda *_: samples, len(samples))
     else:
         pictures = {}
     if not pictures:
@@ -210,17 +254,45 @@ def save_interpolation(restored: Restored, cfg: SampleConfig, run_dir: Path) -> 
         log.info("no interpolation: the test set has fewer than two images")
         return []
     chosen = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(cfg.seed))
-    indices = chosen[:2 * n_pairs].view(n_pairs, 2)
+    labels = data.split_labels("test") if model.n_classes else None
+    if model.n_classes and labels is None:
+        log.info("no interpolation: a class-conditional model walks between two test images "
+                 "of one class, and %s has no labels", data.name)
+        return []
+    indices = chosen[:2 * n_pairs].view(n_pairs, 2) if labels is None \
+        else pairs_of_one_class(chosen, labels, n_pairs)
+    if len(indices) == 0:
+        log.info("no interpolation: no two test images share a class")
+        return []
     with evaluation_mode(model, preprocessing):
         walk = interpolate(model, preprocessing, data.test[indices], cfg.interpolation_steps,
-                           evaluation_generator(restored.device, restored.cfg.seed))
+                           evaluation_generator(restored.device, restored.cfg.seed),
+                           None if labels is None else labels[indices[:, 0]])
     save_picture(image_grid(walk.restored.flatten(0, 1), data.levels,
                             per_row=cfg.interpolation_steps), run_dir / "interpolation.png")
     np.savez(run_dir / "interpolation.npz", indices=indices.numpy(),
              pairs=_as_data(walk.pairs, restored.levels),
              restored=_as_data(walk.restored, restored.levels),
-             encoded=walk.encoded.cpu().numpy(), decoded=walk.decoded.cpu().numpy())
+             encoded=walk.encoded.cpu().numpy(), decoded=walk.decoded.cpu().numpy(),
+             **({} if labels is None else {"labels": labels[indices[:, 0]].numpy()}))
     return ["interpolation.png", "interpolation.npz"]
+
+
+def pairs_of_one_class(order: torch.Tensor, labels: torch.Tensor, n_pairs: int
+                       ) -> torch.Tensor:
+    """[P, 2] indices: up to ``n_pairs`` pairs of examples of the same class, taken in
+    ``order`` (a class-conditional model walks between two examples of one class)."""
+    waiting: dict[int, int] = {}
+    pairs = []
+    for index in order.tolist():
+        label = int(labels[index])
+        if label in waiting:
+            pairs.append((waiting.pop(label), index))
+            if len(pairs) == n_pairs:
+                break
+        else:
+            waiting[label] = index
+    return torch.tensor(pairs, dtype=torch.long).view(-1, 2)
 
 
 def run_checkpoint_task(cfg: DictConfig, run_dir: Path, typed_overrides: list[str]

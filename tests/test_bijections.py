@@ -21,6 +21,7 @@ from flowtrain.dequant import Logit, NoDequantization, VariationalDequantization
 from flowtrain.flows.actnorm import ActNorm
 from flowtrain.flows.autoregressive import AutoregressiveFlow, AutoregressiveMixtureCDF
 from flowtrain.flows.base import Bijection, Compose, FlowModel, Inverse, StandardNormal
+from flowtrain.flows.conditioning import ClassPrior
 from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask, checkerboard_mask
 from flowtrain.flows.flowpp import FlowPlusPlus, HalvesInvertibleConv, MixLogisticCoupling
 from flowtrain.flows.glow import Glow
@@ -73,6 +74,11 @@ def cdf_samples(*event_shape: int) -> Sampler:
 
 def model_samples(flow: nn.Module, n: int, generator: torch.Generator) -> Tensor:
     return flow.sample(n, generator=generator)
+
+
+def class_labels(n_classes: int) -> Sampler:
+    """Labels in {0, ..., n_classes - 1}: what a class-conditional model is conditioned on."""
+    return lambda _, n, generator: torch.randint(0, n_classes, (n,), generator=generator)
 
 
 def levels(*event_shape: int) -> Sampler:
@@ -129,6 +135,9 @@ class Case:
     inputs: Sampler
     context: Sampler | None = None
     z_shape: tuple[int, ...] | None = None
+    # inputs drawn from the model under their context (a conditional model's samples of
+    # their classes) rather than by ``inputs``
+    sampled_given_context: bool = False
 
 
 MODELS = {
@@ -180,6 +189,30 @@ MODELS = {
                                              max_log_scale=0.5),
 }
 
+# Class-conditional models (model.conditional=true), with N_CLASSES classes: checked on
+# samples of the classes they are given.
+N_CLASSES = 3
+CONDITIONAL_MODELS = {
+    "realnvp-conditional-1x4x4": lambda: RealNVP((1, 4, 4), n_filters=4, n_blocks=1,
+                                                 conditional=True, n_classes=N_CLASSES),
+    "realnvp-conditional-2scales-1x4x4": lambda: RealNVP(
+        (1, 4, 4), n_filters=3, n_blocks=1, scales=2, conditional=True, n_classes=N_CLASSES),
+    "glow-conditional-1x4x4-2levels": lambda: Glow((1, 4, 4), levels=2, steps=2, n_filters=4,
+                                                   conditional=True, n_classes=N_CLASSES),
+    "pixelcnn-conditional-1x4x4": lambda: PixelCNNFlow(
+        (1, 4, 4), n_components=3, n_filters=6, n_blocks=2, conditional=True,
+        n_classes=N_CLASSES),
+    "pixelcnn-conditional-plain-2x3x3": lambda: PixelCNNFlow(
+        (2, 3, 3), n_components=2, n_filters=4, n_blocks=1, network="plain",
+        conditional=True, n_classes=N_CLASSES),
+    "flowpp-conditional-1x4x4": lambda: FlowPlusPlus(
+        (1, 4, 4), n_filters=4, n_blocks=1, n_components=3, heads=2, column_in=1,
+        channelwise=1, column_out=1, conditional=True, n_classes=N_CLASSES),
+    "tarflow-conditional-1x4x4": lambda: TarFlow((1, 4, 4), patch_size=2, width=8, blocks=2,
+                                                 layers_per_block=1, head_dim=4,
+                                                 conditional=True, n_classes=N_CLASSES),
+}
+
 CASES = {
     # the building blocks of the image flows
     "actnorm": Case(lambda: initialized_actnorm(3), normal(3, 2, 3)),
@@ -198,6 +231,8 @@ CASES = {
     "released_glow_coupling-additive": Case(lambda: ReleasedGlowCoupling(4, 3, "additive"),
                                             normal(4, 2, 3)),
     "learned_prior": Case(lambda: LearnedPrior((2, 2, 3)), normal(2, 2, 3)),
+    "class_prior": Case(lambda: ClassPrior((2, 2, 3), N_CLASSES), normal(2, 2, 3),
+                        context=class_labels(N_CLASSES)),
     # Flow++'s parts
     "actnorm-per-position": Case(lambda: initialized_actnorm(3, size=(3, 3)),
                                  normal(3, 3, 3)),
@@ -270,6 +305,9 @@ CASES = {
         normal(1, 4, 4), context=normal(2, 4, 4)),
     # every model, on samples of its own density
     **{name: Case(build, model_samples) for name, build in MODELS.items()},
+    **{name: Case(build, model_samples, context=class_labels(N_CLASSES),
+                  sampled_given_context=True)
+       for name, build in CONDITIONAL_MODELS.items()},
 }
 
 
@@ -285,9 +323,11 @@ GENTLER_PERTURBATION = {"glow-released-affine-3x4x4": 0.05,
                         "released_glow_coupling-affine": 0.05,
                         "released_glow_coupling-additive": 0.05,
                         "flowpp-1x4x4": 0.1, "flowpp-3x2x4-one-head": 0.1,
+                        "flowpp-conditional-1x4x4": 0.1,
                         "variational_noise-mixture_logistic": 0.1,
                         **dict.fromkeys(["tarflow-1x4x4", "tarflow-2x2x6-3blocks-uncached",
                                          "tarflow-bounded-1x4x4",
+                                         "tarflow-conditional-1x4x4",
                                          "transformer_autoregressive_block",
                                          "transformer_autoregressive_block-flipped-uncached"],
                                         0.05)}
@@ -316,6 +356,11 @@ class Entry:
 def _entry(name: str) -> Entry:
     case, transform = CASES[name], build(name)
     generator = torch.Generator().manual_seed(1)
+    if case.sampled_given_context:
+        context = case.context(transform, 16, generator)
+        with torch.no_grad():
+            return Entry(transform, transform.sample(16, context=context, generator=generator),
+                         context, case)
     x = case.inputs(transform, 16, generator)
     context = case.context(transform, 16, generator) if case.context else None
     return Entry(transform, x, context, case)
@@ -435,3 +480,35 @@ def test_a_conditional_model_scores_and_samples_given_its_context():
     preprocessing = Preprocessing(NoDequantization(), Identity()).double()
     assert torch.allclose(negative_log_likelihood(flow, preprocessing, x, context=context),
                           -log_prob)
+
+
+@pytest.mark.parametrize("name", sorted(CONDITIONAL_MODELS))
+def test_a_class_conditional_model_needs_its_labels_and_samples_each_class(name):
+    """Samples of a class, scored under that class, score higher on average than under the
+    others' labels (the class reaches the density), and no labels is an error, not an
+    unconditional pass."""
+    flow = build(name)
+    x = flow.sample(6, context=torch.zeros(6, dtype=torch.long),
+                    generator=torch.Generator().manual_seed(2))
+    assert x.shape == (6, *flow.event_shape) and torch.isfinite(x).all()
+    own = flow.log_prob(x, torch.zeros(6, dtype=torch.long))
+    others = flow.log_prob(x, torch.ones(6, dtype=torch.long))
+    assert not torch.allclose(own, others)
+    with pytest.raises(ValueError, match="class-conditional"):
+        flow.log_prob(x)
+    with pytest.raises(ValueError, match="int64 of shape"):
+        flow.log_prob(x, torch.zeros(6, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("model", [RealNVP, Glow, PixelCNNFlow, FlowPlusPlus, TarFlow])
+def test_conditional_needs_classes_and_the_unconditional_model_holds_no_class_weights(model):
+    from flowtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="labelled data"):
+        model((1, 4, 4), conditional=True, n_classes=0)
+    unconditional = model((1, 4, 4), n_classes=10)  # classes given, conditional=false
+    assert unconditional.n_classes == 0
+    assert not [key for key in unconditional.state_dict() if "class" in key]
+    conditional = model((1, 4, 4), conditional=True, n_classes=10)
+    assert conditional.n_classes == 10 and any("class" in key
+                                               for key in conditional.state_dict())

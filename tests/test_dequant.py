@@ -163,7 +163,7 @@ def test_samples_are_denoised_only_under_gaussian_noise(monkeypatch):
     model.unused = nn.Parameter(torch.zeros(()))  # sample() takes its device from one
     calls = []
     monkeypatch.setattr(Preprocessing, "denoise",
-                        lambda self, model, y, sigma: calls.append(sigma) or y)
+                        lambda self, model, y, sigma, context=None: calls.append(sigma) or y)
     for dequantizer in (UniformDequantization(LEVELS, 0.0),
                         GaussianDequantization(LEVELS, sigma=0.1, denoise=False),
                         GaussianDequantization(LEVELS, sigma=0.1)):

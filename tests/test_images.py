@@ -36,24 +36,41 @@ def write_idx(path: Path, values: np.ndarray) -> None:
 
 
 def write_fake_mnist(root: Path, folder: str = "MNIST", n: int = 12, size: int = 8) -> None:
+    """Random images whose first pixel is their label, so a test can see they stay paired."""
     generator = np.random.default_rng(0)
     raw = root / folder / "raw"
     for prefix, count in (("train", n), ("t10k", n // 2)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte",
-                  generator.integers(0, 256, (count, size, size)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", generator.integers(0, 10, count))
+        images = generator.integers(0, 256, (count, size, size))
+        labels = generator.integers(0, 10, count)
+        images[:, 0, 0] = labels
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+CIFAR10_CLASSES = tuple(f"class {label}" for label in range(10))
 
 
 def write_fake_cifar10(root: Path, per_batch: int = 4) -> None:
+    """Random images whose first red value is their label."""
     generator = np.random.default_rng(0)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
-        batch = {"data": generator.integers(0, 256, (per_batch, 3072)).astype(np.uint8),
-                 "labels": generator.integers(0, 10, per_batch).tolist()}
-        (folder / name).write_bytes(pickle.dumps(batch))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a"] * 10}))
+        rows = generator.integers(0, 256, (per_batch, 3072)).astype(np.uint8)
+        labels = generator.integers(0, 10, per_batch)
+        rows[:, 0] = labels
+        (folder / name).write_bytes(pickle.dumps({"data": rows, "labels": labels.tolist()}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}))
+
+
+def assert_labels_follow_first_pixel(data) -> None:
+    """Every split's labels are int64, one per image, and equal to their image's first
+    value, as the fake files were written."""
+    for split in ("train", "val", "test"):
+        images, labels = data.split(split), data.split_labels(split)
+        assert labels.dtype == torch.int64 and labels.shape == (len(images),), split
+        assert torch.equal(images[:, 0, 0, 0].long(), labels), split
 
 
 def test_mnist_files_load_through_torchvision(tmp_path):
@@ -72,6 +89,25 @@ def test_fewer_bits_keep_the_top_bits_and_count_their_levels(tmp_path):
     assert torch.equal(five.train, full.train // 8) and torch.equal(five.test, full.test // 8)
     with pytest.raises(DataError, match="data.bits must be between 1 and 8"):
         TorchvisionImages("mnist", root=str(tmp_path), bits=9)
+
+
+def test_mnist_labels_stay_with_their_images_through_the_validation_split(tmp_path):
+    write_fake_mnist(tmp_path, n=40)
+    data = TorchvisionImages("mnist", root=str(tmp_path), n_val=7)
+    assert data.n_classes == 10 and data.labels.classes[3] == "3 - three"
+    assert len(data.labels.val) == 7
+    assert_labels_follow_first_pixel(data)
+
+
+def test_cifar10_labels_and_class_names_come_from_its_batches(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+
+    write_fake_cifar10(tmp_path, per_batch=6)
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    data = TorchvisionImages("cifar10", root=str(tmp_path), n_val=5)
+    assert data.labels.classes == CIFAR10_CLASSES
+    assert (len(data.train), len(data.val), len(data.test)) == (25, 5, 6)
+    assert_labels_follow_first_pixel(data)
 
 
 def test_fashion_mnist_files_load_through_torchvision(tmp_path):
@@ -99,6 +135,22 @@ def test_digits_split_is_fixed():
     assert everything.shape == (1500, 1, 8, 8)
     assert sorted(map(bytes, everything.numpy())) == sorted(
         map(bytes, torch.cat([first.train, first.val]).numpy()))
+
+
+def test_digits_carry_sklearns_labels_with_their_images():
+    """Each (image, label) pair, over all three splits, is one of scikit-learn's pairs,
+    and every one of them is there once."""
+    from sklearn.datasets import load_digits
+
+    data = Digits()
+    assert data.labels.classes == tuple("0123456789") and data.n_classes == 10
+    pairs = [(bytes(image), int(label)) for split in ("train", "val", "test")
+             for image, label in zip(data.split(split).numpy(),
+                                     data.split_labels(split).tolist(), strict=True)]
+    digits = load_digits()
+    expected = [(bytes(image.astype(np.uint8)[None]), int(label))
+                for image, label in zip(digits.images, digits.target, strict=True)]
+    assert sorted(pairs) == sorted(expected)
 
 
 def _sample_images(run_dir: Path):
@@ -273,6 +325,7 @@ def test_photo_patches_are_whole_non_overlapping_tiles_of_the_two_photos():
     first_tile = china[:32, :32].permute(2, 0, 1)
     everything = torch.cat([data.train, data.val, data.test])
     assert (everything == first_tile).flatten(1).all(dim=1).sum() == 1  # there, once
+    assert data.labels is None and data.n_classes == 0  # no classes
     assert PhotoPatches(size=16, n_test=10, n_val=0).train.shape == (2070, 3, 16, 16)
 
 

@@ -199,8 +199,9 @@ def test_gaussian_noise_trains_and_samples_are_denoised(tmp_path, monkeypatch):
     assert not torch.equal(flow.sample(6, seed=0), denoised)  # the same draws, not denoised
     steps = []
     original = Preprocessing.denoise
-    monkeypatch.setattr(Preprocessing, "denoise", lambda self, model, y, sigma: steps.append(
-        (len(y), sigma)) or original(self, model, y, sigma))
+    monkeypatch.setattr(Preprocessing, "denoise",
+                        lambda self, model, y, sigma, context=None: steps.append(
+                            (len(y), sigma)) or original(self, model, y, sigma, context))
     samples = sample_four(run_dir / "checkpoints" / "last.pt", tmp_path)
     assert steps == [(4, 0.1)] and samples.max() <= 16
 

@@ -4,7 +4,8 @@ score them."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -14,6 +15,10 @@ from flowtrain.errors import DataError
 # The validation split is the same for every run on a data set, whatever its seed: runs
 # compared on it must have been selected on the same examples.
 VALIDATION_SEED = 0
+# The data sets whose examples can carry class labels, named where model.conditional=true
+# is refused on data without them.
+LABELLED_DATA_SETS = ("digits, mnist, fashion_mnist, cifar10, image_folder with class "
+                      "sub-folders, imagenet32/imagenet64 in the npz release")
 # How the results in each unit (FlowData.reported_as, metrics.json's result_unit) read.
 UNIT_NAMES = {"bpd": "bits/dim", "nll": "nats per point"}
 
@@ -76,6 +81,37 @@ def split_shuffled(examples: Tensor, n_test: int, n_val: int, seed: int, name: s
     return train, val, shuffled[-n_test:]
 
 
+@dataclass(frozen=True)
+class Labels:
+    """The class of every example in each split, aligned with the split's rows: what a
+    class-conditional flow p(x | y) is trained and evaluated on."""
+
+    train: Tensor  # int64 [N_train]
+    test: Tensor  # int64 [N_test]
+    val: Tensor | None  # int64 [N_val], None when there is no validation split
+    classes: tuple[str, ...]  # label k is classes[k]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def carved(cls, train: Tensor, test: Tensor, classes: Sequence[str], n_val: int,
+               name: str) -> Labels:
+        """The labels of a training split whose images went through ``carve_validation``
+        (or its in-place twin) with the same ``n_val``: the selection depends only on the
+        length, so the same call on the labels takes the same rows."""
+        kept, val = carve_validation(train, n_val, name)
+        return cls(kept, test, val, tuple(classes))
+
+    @classmethod
+    def shuffled(cls, labels: Tensor, classes: Sequence[str], n_test: int, n_val: int,
+                 seed: int, name: str) -> Labels:
+        """The labels of examples split by ``split_shuffled`` with the same arguments."""
+        train, val, test = split_shuffled(labels, n_test, n_val, seed, name)
+        return cls(train, test, val, tuple(classes))
+
+
 def check_drawn_counts(n_train: int, n_val: int, n_test: int) -> None:
     """The split sizes of a data set drawn from a known distribution."""
     if n_train < 1 or n_test < 1 or n_val < 0:
@@ -117,12 +153,15 @@ class FlowData:
     to right at random (for data where a mirror image is as likely). ``levels`` is the
     number of discrete values per dimension for quantized data (None for continuous
     data); ``standardize`` asks for a fixed affine map to zero mean and unit variance in
-    front of the model, whose log-det keeps the likelihood in data units.
+    front of the model, whose log-det keeps the likelihood in data units. ``labels`` (None
+    for unlabelled data) are the examples' classes, split the same way, for class-conditional
+    flows.
     """
 
     def __init__(self, train: Tensor, test: Tensor, *, name: str,
                  levels: int | None = None, standardize: bool = False,
-                 val: Tensor | None = None, hflip: bool = False):
+                 val: Tensor | None = None, hflip: bool = False,
+                 labels: Labels | None = None):
         splits = {"train": train, "test": test, **({"val": val} if val is not None else {})}
         for split, values in splits.items():
             if values.ndim < 2:
@@ -133,6 +172,8 @@ class FlowData:
             if values.shape[1:] != train.shape[1:]:
                 raise DataError(f"{name}: train and {split} points differ in shape: "
                                 f"{tuple(train.shape[1:])} vs {tuple(values.shape[1:])}")
+        if labels is not None:
+            _check_labels(labels, splits, name)
         self.train = train
         self.val = val
         self.test = test
@@ -140,9 +181,13 @@ class FlowData:
         self.levels = levels
         self.standardize = standardize
         self.hflip = hflip  # training batches mirrored at random (data.hflip)
+        self.labels = labels  # None for unlabelled data
         # Which release of a data set this is, where releases differ in what they hold
         # (downsampled ImageNet); recorded in metrics.json as data_version.
         self.version: str | None = None
+        # Why a data set that can carry labels has none here (loose pictures in an image
+        # folder, npz batches without labels): said when a conditional model is refused.
+        self.unlabelled_because: str | None = None
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -151,6 +196,11 @@ class FlowData:
     @property
     def n_dims(self) -> int:
         return math.prod(self.event_shape)
+
+    @property
+    def n_classes(self) -> int:
+        """How many classes the labels name; 0 for unlabelled data."""
+        return 0 if self.labels is None else self.labels.n_classes
 
     @property
     def discrete(self) -> bool:
@@ -182,6 +232,36 @@ class FlowData:
                             f"none to evaluate; use eval.split=test")
         return values
 
+    def split_labels(self, name: str) -> Tensor | None:
+        """The labels of the split called ``name``, aligned with ``split(name)``; None for
+        unlabelled data."""
+        self.split(name)  # the same error for a missing split
+        return None if self.labels is None else getattr(self.labels, name)
+
     def true_log_prob(self, x: Tensor) -> Tensor | None:
         """log density of the generating distribution, where it is known; else None."""
         return None
+
+
+def _check_labels(labels: Labels, splits: dict[str, Tensor], name: str) -> None:
+    """Labels that a conditional flow can index its classes with: one int64 label per
+    example of each split, each naming one of at least two classes."""
+    if labels.n_classes < 2:
+        raise DataError(f"{name}: labelled data needs at least 2 classes; got "
+                        f"{list(labels.classes)}")
+    if (labels.val is None) != ("val" not in splits):
+        raise DataError(f"{name}: " + ("the validation split has no labels" if labels.val is None
+                                       else "there are validation labels but no validation "
+                                            "split"))
+    for split, values in splits.items():
+        given = getattr(labels, split)
+        if (not isinstance(given, Tensor) or given.ndim != 1 or given.dtype != torch.int64
+                or len(given) != len(values)):
+            got = (f"{given.dtype} of shape {list(given.shape)}" if isinstance(given, Tensor)
+                   else type(given).__name__)
+            raise DataError(f"{name}: the {split} labels must be an int64 tensor of shape "
+                            f"[{len(values)}], one per example; got {got}")
+        if len(given) and not 0 <= int(given.min()) <= int(given.max()) < labels.n_classes:
+            raise DataError(f"{name}: the {split} labels must be class indices in 0 .. "
+                            f"{labels.n_classes - 1} ({labels.n_classes} classes); got "
+                            f"{int(given.min())} .. {int(given.max())}")

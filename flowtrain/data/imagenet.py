@@ -11,6 +11,8 @@ Two releases circulate, and their bits/dim do not compare:
 
 ``data.root`` holds one of them (``data.format=auto`` tells which); the validation files
 are the test split, and which release a number is on goes to the log and metrics.json.
+The npz batches carry each image's class (``labels``, 1 .. 1000), kept as 0 .. 999; the PNG
+folders carry none, so that release is unlabelled.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from flowtrain.data.base import FlowData, carve_validation_in_place
+from flowtrain.data.base import FlowData, Labels, carve_validation_in_place
 from flowtrain.data.image_folder import image_files, read_pictures
 from flowtrain.errors import DataError
 
@@ -45,6 +47,9 @@ VERSIONS = {ImageNetFormat.folders: "van den Oord et al. 2016 (PNG folders)",
 _TRAIN_BATCH = re.compile(r"train_data_batch_(\d+)\.npz")
 # Rows moved at a time when the validation split is carved out in place.
 CARVE_CHUNK = 65_536
+# The npz release numbers ImageNet's classes 1 .. 1000, in the order of its map_clsloc.txt.
+N_CLASSES = 1000
+CLASSES = tuple(str(label) for label in range(N_CLASSES))
 
 
 def _folders(root: Path, size: int) -> tuple[Path, Path]:
@@ -139,13 +144,36 @@ def check_fits_in_memory(n_images: int, size: int, working: int, what: str) -> N
                         f"available. Free memory or use a machine with more.")
 
 
-def _read_npz(files: list[Path], size: int, counts: list[int]) -> Tensor:
-    """The batches' rows into one preallocated [N, 3, size, size] uint8 tensor."""
+def _npz_labels(path: Path, batch: np.lib.npyio.NpzFile, count: int) -> Tensor | str:
+    """A batch's ``labels``, 1 .. 1000, as int64 class indices 0 .. 999; or why it has
+    none usable (repackaged files): the images still train an unconditional model."""
+    if "labels" not in batch.files:
+        return f"{path} has no `labels` array (found: {', '.join(batch.files)})"
+    labels = batch["labels"]
+    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (count,):
+        return (f"{path}: `labels` has shape {labels.shape} and dtype {labels.dtype}; "
+                f"expected ({count},) integers, one per image")
+    if count and not 1 <= labels.min() <= labels.max() <= N_CLASSES:
+        return (f"{path}: `labels` runs {labels.min()} .. {labels.max()}; expected the "
+                f"release's classes 1 .. {N_CLASSES}")
+    return torch.from_numpy(labels.astype(np.int64) - 1)
+
+
+def _read_npz(files: list[Path], size: int, counts: list[int]) -> tuple[Tensor, Tensor | str]:
+    """(the batches' rows in one preallocated [N, 3, size, size] uint8 tensor, their int64
+    labels [N], or why they have none: the first batch without usable labels)."""
     images = torch.empty((sum(counts), 3, size, size), dtype=torch.uint8)
+    labels: Tensor | str = torch.empty(sum(counts), dtype=torch.int64)
     start = 0
     for path, count in zip(tqdm(files, desc="reading npz batches", unit="file", leave=False,
                                 disable=None), counts, strict=True):
         with np.load(path, allow_pickle=False) as batch:
+            if isinstance(labels, Tensor):
+                batch_labels = _npz_labels(path, batch, count)
+                if isinstance(batch_labels, str):
+                    labels = batch_labels
+                else:
+                    labels[start:start + count] = batch_labels
             rows = batch["data"]
             if rows.dtype != np.uint8 or rows.shape != (count, 3 * size * size):
                 raise DataError(f"{path}: `data` has shape {rows.shape} and dtype "
@@ -153,13 +181,13 @@ def _read_npz(files: list[Path], size: int, counts: list[int]) -> Tensor:
                                 f"rows for {size}x{size} images")
             images[start:start + count] = torch.from_numpy(rows).reshape(count, 3, size, size)
         start += count
-    return images
+    return images, labels
 
 
 class DownsampledImageNet(FlowData):
     """``data=imagenet32`` / ``imagenet64``: 3 x ``size`` x ``size``, 256 levels; the
     release's validation images are the test split, ``n_val`` training images the
-    validation split."""
+    validation split. Labelled (1000 classes) from the npz release only."""
 
     def __init__(self, root: str, size: int = 32,
                  format: ImageNetFormat | str = ImageNetFormat.auto,  # noqa: A002
@@ -186,15 +214,26 @@ class DownsampledImageNet(FlowData):
         check_fits_in_memory(counts["train"] + counts["test"], size, working,
                              f"{name} ({folder})")
         if release is ImageNetFormat.folders:
-            splits = {split: read_pictures(found, size, 3, f"reading {name} {split}")
+            splits = {split: read_pictures(found, size, 3, f"reading {name} {split}")[0]
                       for split, found in files.items()}
+            labels, unlabelled_because = None, ("the PNG-folder release has no class labels "
+                                                 "(the npz release has)")
         else:
-            splits = {split: _read_npz(files[split], size, rows[split])
-                      for split in ("train", "test")}
+            (train_images, train_labels), (test_images, test_labels) = (
+                _read_npz(files[split], size, rows[split]) for split in ("train", "test"))
+            splits = {"train": train_images, "test": test_images}
+            unlabelled_because = next((why for why in (train_labels, test_labels)
+                                       if isinstance(why, str)), None)
+            if unlabelled_because is not None:
+                log.warning("%s, so the data is used without class labels",
+                            unlabelled_because)
+            labels = (None if unlabelled_because is not None
+                      else Labels.carved(train_labels, test_labels, CLASSES, n_val, name))
         train, val_split = carve_validation_in_place(splits["train"], n_val, name,
                                                      chunk=CARVE_CHUNK)
         super().__init__(train, splits["test"], name=name, levels=256, val=val_split,
-                         hflip=hflip)
+                         hflip=hflip, labels=labels)
+        self.unlabelled_because = unlabelled_because
         self.version = VERSIONS[release]
         log.info("%s: the %s release, %d train, %d validation, %d test images", name,
                  self.version, len(train), n_val, len(splits["test"]))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowtrain.data.base import FlowData, carve_validation, split_shuffled
+from flowtrain.data.base import FlowData, Labels, carve_validation, split_shuffled
 from flowtrain.errors import DataError
 
 
@@ -59,9 +59,10 @@ def fewer_bits(images: Tensor, bits: int) -> Tensor:
 
 
 class TorchvisionImages(FlowData):
-    """``data=mnist|fashion_mnist|cifar10``: both splits through torchvision; the
-    validation split is ``n_val`` of the training images. ``bits`` < 8 keeps that many
-    bits of each value, and bits/dim are then counted over 2**bits levels."""
+    """``data=mnist|fashion_mnist|cifar10``: both splits through torchvision, with their
+    class labels; the validation split is ``n_val`` of the training images. ``bits`` < 8
+    keeps that many bits of each value, and bits/dim are then counted over 2**bits
+    levels."""
 
     def __init__(self, name: TorchvisionName | str, root: str = "data",
                  download: bool = False, n_val: int = 5000, hflip: bool = False,
@@ -69,7 +70,7 @@ class TorchvisionImages(FlowData):
         name = TorchvisionName(name)
         folder = Path(root).expanduser()
         dataset_class = _torchvision_class(name)
-        splits = {}
+        splits, targets = {}, {}
         for split, train in (("train", True), ("test", False)):
             try:
                 dataset = dataset_class(str(folder), train=train, download=download)
@@ -84,22 +85,30 @@ class TorchvisionImages(FlowData):
             # CIFAR-10 keeps HWC numpy arrays; MNIST-style sets keep [N, H, W] tensors.
             splits[split] = fewer_bits(as_images(dataset.data, channels_last=name is
                                                  TorchvisionName.cifar10), bits)
+            # a tensor for MNIST-style sets, a list for CIFAR-10
+            targets[split] = torch.as_tensor(dataset.targets, dtype=torch.int64)
         train, val = carve_validation(splits["train"], n_val, name.value)
+        labels = Labels.carved(targets["train"], targets["test"], dataset.classes, n_val,
+                               name.value)
         super().__init__(train, splits["test"], name=name.value, levels=2**bits, val=val,
-                         hflip=hflip)
+                         hflip=hflip, labels=labels)
 
 
 class Digits(FlowData):
-    """``data=digits``: scikit-learn's 1797 8x8 digits, 17 gray levels, a fixed split
-    (the last ``n_test`` of a seeded permutation are the test set; ``n_val`` of the rest
-    the validation set)."""
+    """``data=digits``: scikit-learn's 1797 8x8 digits, 17 gray levels, labelled "0" ..
+    "9", a fixed split (the last ``n_test`` of a seeded permutation are the test set;
+    ``n_val`` of the rest the validation set)."""
 
     def __init__(self, n_test: int = 297, seed: int = 0, n_val: int = 150):
         from sklearn.datasets import load_digits
 
-        images = torch.as_tensor(load_digits().images, dtype=torch.uint8).unsqueeze(1)
+        digits = load_digits()
+        images = torch.as_tensor(digits.images, dtype=torch.uint8).unsqueeze(1)
         train, val, test = split_shuffled(images, n_test, n_val, seed, "digits")
-        super().__init__(train, test, name="digits", levels=17, val=val)
+        labels = Labels.shuffled(torch.as_tensor(digits.target, dtype=torch.int64),
+                                 [str(digit) for digit in digits.target_names], n_test, n_val,
+                                 seed, "digits")
+        super().__init__(train, test, name="digits", levels=17, val=val, labels=labels)
 
 
 class PhotoPatches(FlowData):

@@ -32,7 +32,7 @@ class AutoregressiveMixtureCDF(CausalMixtureCDF):
         # MADE's output unit d * 3K + p is parameter p of dimension d.
         self.start_unconditional(self.made.output, lambda initial: initial.repeat(n_dims))
 
-    def mixture_parameters(self, x: Tensor) -> Tensor:
+    def mixture_parameters(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.made(x)
 
     def fill_order(self, shape: torch.Size) -> Iterator[tuple[Index, Index]]:

@@ -146,13 +146,15 @@ class FlowModel(nn.Module):
     a base distribution.
 
     Models subclass this (or build one) so the training loop only ever calls
-    ``log_prob`` and ``sample``.
+    ``log_prob`` and ``sample``. A class-conditional model sets ``n_classes`` and takes
+    the labels, int64 [B], as its context.
     """
 
-    def __init__(self, transforms: Iterable[Bijection], base: nn.Module):
+    def __init__(self, transforms: Iterable[Bijection], base: nn.Module, n_classes: int = 0):
         super().__init__()
         self.transforms = Compose(transforms)
         self.base = base
+        self.n_classes = n_classes
 
     @property
     def event_shape(self) -> tuple[int, ...]:

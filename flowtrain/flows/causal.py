@@ -34,8 +34,9 @@ class CausalMixtureCDF(Bijection):
         self.family = Family(family)
 
     @abstractmethod
-    def mixture_parameters(self, x: Tensor) -> Tensor:
-        """[*x.shape, 3K]: logits, locations and raw log-scales; value i sees only x_<i."""
+    def mixture_parameters(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """[*x.shape, 3K]: logits, locations and raw log-scales; value i sees only x_<i
+        (and the context, for a conditional network)."""
 
     @abstractmethod
     def fill_order(self, shape: torch.Size) -> Iterator[tuple[Index, Index]]:
@@ -53,29 +54,32 @@ class CausalMixtureCDF(Bijection):
             output_layer.bias.copy_(
                 layout(torch.cat(initial_mixture_parameters(self.n_components))))
 
-    def mixture(self, x: Tensor) -> ScalarMixture:
+    def mixture(self, x: Tensor, context: Tensor | None = None) -> ScalarMixture:
         # float32 (or the input's dtype): under bf16 autocast only the network runs in bf16.
-        parameters = self.mixture_parameters(x).to(x.dtype)
+        parameters = self.mixture_parameters(x, context).to(x.dtype)
         logits, loc, raw_log_scale = parameters.split(self.n_components, -1)
         return ScalarMixture(logits, loc, bounded_log_scale(raw_log_scale), self.family)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z, log_pdf = self.mixture(x).cdf_and_log_pdf(x)
+        z, log_pdf = self.mixture(x, context).cdf_and_log_pdf(x)
         return z, log_pdf.flatten(1).sum(dim=1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        return self._fill(torch.zeros_like(z), lambda mixture, at: mixture.inverse_cdf(z[at]))
+        return self._fill(torch.zeros_like(z), lambda mixture, at: mixture.inverse_cdf(z[at]),
+                          context)
 
     def sample_ancestral(self, shape: tuple[int, ...], like: Tensor,
-                         generator: torch.Generator | None) -> Tensor:
+                         generator: torch.Generator | None,
+                         context: Tensor | None = None) -> Tensor:
         """Each value from its mixture given the ones before it (component, then value)."""
         return self._fill(like.new_zeros(shape),
-                          lambda mixture, at: mixture.sample(generator=generator))
+                          lambda mixture, at: mixture.sample(generator=generator), context)
 
     @torch.no_grad()
-    def _fill(self, x: Tensor, solve: Callable[[ScalarMixture, Index], Tensor]) -> Tensor:
+    def _fill(self, x: Tensor, solve: Callable[[ScalarMixture, Index], Tensor],
+              context: Tensor | None) -> Tensor:
         for at, visible in self.fill_order(x.shape):
-            part = self.mixture(x[visible])
+            part = self.mixture(x[visible], context)
             inside = within(at, visible)
             x[at] = solve(ScalarMixture(part.logits[inside], part.loc[inside],
                                         part.log_scale[inside], self.family), at)
@@ -93,12 +97,14 @@ class CausalFlow(FlowModel):
     """One causal mixture-CDF transform on a Uniform(0, 1)^D base: the autoregressive flows
     for points and for images."""
 
-    def __init__(self, transform: CausalMixtureCDF, event_shape: tuple[int, ...]):
-        super().__init__([transform], UniformBase(tuple(event_shape)))
+    def __init__(self, transform: CausalMixtureCDF, event_shape: tuple[int, ...],
+                 n_classes: int = 0):
+        super().__init__([transform], UniformBase(tuple(event_shape)), n_classes)
 
     @torch.no_grad()
-    def sample_ancestral(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+    def sample_ancestral(self, n: int, *, generator: torch.Generator | None = None,
+                         context: Tensor | None = None) -> Tensor:
         """x_1 from its mixture, then each next value from its mixture given the ones
         before (what ``sample`` draws, without inverting the CDFs)."""
         return self.transforms[0].sample_ancestral((n, *self.event_shape),
-                                                   next(self.parameters()), generator)
+                                                   next(self.parameters()), generator, context)

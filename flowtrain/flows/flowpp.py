@@ -24,6 +24,7 @@ from flowtrain.flows.base import (
     StandardNormal,
     image_shape,
 )
+from flowtrain.flows.conditioning import ClassEmbedding, class_count
 from flowtrain.flows.flowpp_network import FlowppNetwork
 from flowtrain.flows.invconv import DenseInvertibleConv1x1
 from flowtrain.flows.mixture import Family, ScalarMixture
@@ -37,21 +38,29 @@ class MixLogisticCoupling(Bijection):
     """[x1, x2] (channel halves) -> [x1, exp(a) logit(F(x2)) + b], F a mixture of
     ``n_components`` logistics; a = tanh(.), as released. The inverse solves F by
     bisection (``ScalarMixture.inverse_logit_cdf``). ``context_channels``: the network
-    also sees a context of that many channels (the variational dequantizer's)."""
+    also sees a context of that many channels (the variational dequantizer's).
+    ``n_classes`` > 0: the context is the class labels, each turned into a learned
+    vector of ``n_filters`` channels (the same at every position) that enters every block
+    of the network as the dequantizer's context does."""
 
     def __init__(self, n_channels: int, size: tuple[int, int], n_filters: int,
                  n_blocks: int, n_components: int, heads: int, dropout: float,
-                 context_channels: int = 0):
+                 context_channels: int = 0, n_classes: int = 0):
         super().__init__()
         self.n_kept = n_channels // 2
         self.n_components = n_components
+        self.class_embedding = ClassEmbedding(n_classes, n_filters) if n_classes else None
+        if n_classes:
+            context_channels = n_filters
         self.conditional = context_channels > 0
         self.network = FlowppNetwork(self.n_kept, self.n_kept * (2 + 3 * n_components), size,
                                      n_filters, n_blocks, heads, dropout, context_channels)
 
     def _transform(self, kept: Tensor, context: Tensor | None
                    ) -> tuple[ScalarMixture, Tensor, Tensor]:
-        if self.conditional and context is None:
+        if self.class_embedding is not None:
+            context = self.class_embedding.as_map(context, kept.shape[0])
+        elif self.conditional and context is None:
             raise ValueError("a conditional coupling needs its context")
         out = self.network(kept, context if self.conditional else None)
         # Back to the input's dtype: under bf16 autocast only the network runs in bf16.
@@ -141,12 +150,17 @@ class FlowPlusPlus(FlowModel):
     """``model=flowpp``: the released CIFAR-10 structure (flows/run_cifar.py: 4 steps on
     column halves, squeeze, 2 on channel halves, 3 on column halves), its counts settable
     (``column_in``, ``channelwise``, ``column_out``). The squeeze is undone at the end,
-    which moves no density, so the base is N(0, I) over the image's own shape."""
+    which moves no density, so the base is N(0, I) over the image's own shape.
+    ``conditional``: p(x | class) with ``n_classes`` classes, a learned class vector fed
+    to every coupling network through its context path (the released code has no
+    conditional model)."""
 
     def __init__(self, event_shape: tuple[int, ...], n_filters: int = 32, n_blocks: int = 2,
                  n_components: int = 8, heads: int = 4, dropout: float = 0.0,
-                 column_in: int = 4, channelwise: int = 2, column_out: int = 3):
+                 column_in: int = 4, channelwise: int = 2, column_out: int = 3,
+                 conditional: bool = False, n_classes: int = 0):
         channels, height, width = image_shape(event_shape, "model=flowpp", FOR_POINTS)
+        n_classes = class_count(conditional, n_classes, "model=flowpp")
         check_network_options("model", n_filters, n_blocks, n_components, heads, dropout)
         if min(column_in, channelwise, column_out) < 0:
             raise ConfigError("model.column_in, model.channelwise and model.column_out must "
@@ -156,11 +170,11 @@ class FlowPlusPlus(FlowModel):
                               f"so the height must be even and the width divisible by 4; got "
                               f"{height}x{width}. Pad or crop the images.")
         network = {"n_filters": n_filters, "n_blocks": n_blocks, "n_components": n_components,
-                   "heads": heads, "dropout": dropout}
+                   "heads": heads, "dropout": dropout, "n_classes": n_classes}
         squeezed = (4 * channels, height // 2, width // 2)
         layers = (on_column_halves((channels, height, width), column_in, network)
                   + [SpaceToDepth()]
                   + flowpp_steps(squeezed, channelwise, network)
                   + on_column_halves(squeezed, column_out, network)
                   + [Inverse(SpaceToDepth())])
-        super().__init__(layers, StandardNormal(tuple(event_shape)))
+        super().__init__(layers, StandardNormal(tuple(event_shape)), n_classes)

@@ -24,6 +24,7 @@ from flowtrain.flows.base import (
     StandardNormal,
     image_shape,
 )
+from flowtrain.flows.conditioning import ClassPrior, class_count
 from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask
 from flowtrain.flows.glow_coupling import GlowCoupling, ReleasedGlowCoupling
 from flowtrain.flows.invconv import InvertibleConv1x1
@@ -54,10 +55,11 @@ def glow_step(shape: tuple[int, int, int], parity: int, n_filters: int,
 
 
 def glow_level(shape: tuple[int, int, int], levels: int, steps: int, n_filters: int,
-               n_blocks: int, network: GlowNetwork, coupling: GlowCoupling
-               ) -> list[Bijection]:
+               n_blocks: int, network: GlowNetwork, coupling: GlowCoupling,
+               n_classes: int = 0) -> list[Bijection]:
     """Squeeze, K steps, then split with the finer ``levels - 1`` levels on the kept half
-    (or the learned top prior when this is the last level), unsqueeze."""
+    (or the learned top prior, and for a conditional model the class prior, when this is
+    the last level), unsqueeze."""
     channels, height, width = shape
     squeezed = (4 * channels, height // 2, width // 2)
     layers: list[Bijection] = [Squeeze()]
@@ -67,9 +69,11 @@ def glow_level(shape: tuple[int, int, int], levels: int, steps: int, n_filters: 
         layers += glow_step(squeezed, index % 2, n_filters, n_blocks, network, coupling)
     if levels == 1:
         layers.append(LearnedPrior(squeezed))
+        layers += [ClassPrior(squeezed, n_classes)] if n_classes else []
     else:
         kept = (2 * channels, height // 2, width // 2)
-        finer = glow_level(kept, levels - 1, steps, n_filters, n_blocks, network, coupling)
+        finer = glow_level(kept, levels - 1, steps, n_filters, n_blocks, network, coupling,
+                           n_classes)
         layers += [SplitPrior(squeezed[0]), OnKeptHalf(finer)]
     return layers + [Unsqueeze()]
 
@@ -93,17 +97,21 @@ class Glow(FlowModel):
     """``model=glow``. ``levels="auto"`` (the default) fits the images: 3 levels for
     32x32 and 8x8, 2 for MNIST's 28x28; a number is used as given. ``network``: ``resnet``
     (flowtrain's coupling, ``n_blocks`` residual blocks) or ``released`` (openai/glow's,
-    with ``coupling`` affine or additive)."""
+    with ``coupling`` affine or additive). ``conditional``: p(x | class) with
+    ``n_classes`` classes, through a learned mean and log-std per class on top of the
+    learned top prior (``ClassPrior``; Glow's ``ycond`` without its classifier loss)."""
 
     def __init__(self, event_shape: tuple[int, ...], levels: int | str = "auto",
                  steps: int = 8, n_filters: int = 32, n_blocks: int = 1,
                  network: GlowNetwork | str = GlowNetwork.resnet,
-                 coupling: GlowCoupling | str = GlowCoupling.affine):
+                 coupling: GlowCoupling | str = GlowCoupling.affine,
+                 conditional: bool = False, n_classes: int = 0):
         network, coupling = GlowNetwork(network), GlowCoupling(coupling)
         if network is GlowNetwork.resnet and coupling is GlowCoupling.additive:
             raise ConfigError("model.coupling=additive is the released coupling's option: "
                               "add model.network=released")
         channels, height, width = image_shape(event_shape, "model=glow", FOR_POINTS)
+        n_classes = class_count(conditional, n_classes, "model=glow")
         if levels == "auto":
             levels = auto_levels(height, width)
         elif not isinstance(levels, int):
@@ -119,6 +127,6 @@ class Glow(FlowModel):
                               f"got {height}x{width}. Lower model.levels, or pad or crop "
                               f"the images.")
         layers = glow_level((channels, height, width), levels, steps, n_filters, n_blocks,
-                            network, coupling)
-        super().__init__(layers, StandardNormal(tuple(event_shape)))
+                            network, coupling, n_classes)
+        super().__init__(layers, StandardNormal(tuple(event_shape)), n_classes)
         self.levels = levels

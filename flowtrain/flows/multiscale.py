@@ -10,6 +10,8 @@ Glow's temperature sampling, through the ordinary ``FlowModel.sample``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor, nn
 
@@ -57,20 +59,33 @@ class SplitPrior(Bijection):
         return torch.cat([kept, unstandardize(eps, *self.prior(kept))], dim=1)
 
 
-class LearnedPrior(Bijection):
-    """z -> (z - mu) exp(-log_sigma) with a learned mean and log-std per element, zero at
-    initialization: Glow's learned prior at the top scale."""
+class GaussianPrior(Bijection, ABC):
+    """z -> (z - mu) exp(-log_sigma) for a prior N(mu, sigma^2) over the whole input,
+    given by ``prior``: the top-scale priors, learned (``LearnedPrior``) or per class
+    (``flowtrain.flows.conditioning.ClassPrior``)."""
+
+    @abstractmethod
+    def prior(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(mean, log_std), each broadcastable to z."""
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return standardize(x, *self.prior(x, context))
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return unstandardize(z, *self.prior(z, context))
+
+
+class LearnedPrior(GaussianPrior):
+    """A learned mean and log-std per element, zero at initialization: Glow's learned
+    prior at the top scale."""
 
     def __init__(self, shape: tuple[int, int, int]):
         super().__init__()
         self.mean = nn.Parameter(torch.zeros(1, *shape))
         self.raw_log_std = nn.Parameter(torch.zeros(1, *shape))
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return standardize(x, self.mean, bounded_log_scale(self.raw_log_std))
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        return unstandardize(z, self.mean, bounded_log_scale(self.raw_log_std))
+    def prior(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.mean, bounded_log_scale(self.raw_log_std)
 
 
 class OnKeptHalf(Bijection):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from flowtrain.errors import ConfigError
 from flowtrain.flows.base import image_shape
 from flowtrain.flows.causal import CausalFlow, CausalMixtureCDF, Index
+from flowtrain.flows.conditioning import class_count, class_embeddings
 from flowtrain.flows.gated_pixelcnn import GatedPixelCNN
 from flowtrain.flows.masked_conv import MixtureHead, square_masked_conv
 from flowtrain.flows.mixture import Family
@@ -41,10 +42,11 @@ class MaskedResidualBlock(nn.Module):
 class PixelCNN(nn.Module):
     """The plain masked PixelCNN: x [B, C, H, W] -> [B, C, H, W, outputs_per_value], causal
     in raster then channel order. Stacked masked kernels leave a blind spot up and to the
-    right of each pixel that no depth removes; ``GatedPixelCNN`` has none."""
+    right of each pixel that no depth removes; ``GatedPixelCNN`` has none. ``n_classes``
+    > 0: a learned class bias added to the features in front of every layer."""
 
     def __init__(self, n_colours: int, outputs_per_value: int, n_filters: int, n_blocks: int,
-                 input_kernel: int = 7):
+                 input_kernel: int = 7, n_classes: int = 0):
         super().__init__()
         # How far a pixel's outputs reach, up and to either side: the input kernel's
         # half-width, and one more per 3x3 block.
@@ -53,10 +55,16 @@ class PixelCNN(nn.Module):
                                         include_centre=False)
         self.blocks = nn.Sequential(*(MaskedResidualBlock(n_filters, n_colours)
                                       for _ in range(n_blocks)))
+        self.class_biases = class_embeddings(n_classes, n_filters, n_blocks + 1)
         self.head = MixtureHead(n_filters, n_colours, outputs_per_value)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(self.input(x)))
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        features = self.input(x)
+        for index, layer in enumerate([*self.blocks, self.head]):
+            if self.class_biases is not None:
+                features = features + self.class_biases[index].as_map(context, x.shape[0])
+            features = layer(features)
+        return features
 
 
 class Network(str, Enum):
@@ -73,15 +81,17 @@ class PixelCNNMixtureCDF(CausalMixtureCDF):
     """z = F(x_i; theta_i(x_<i)) for every value of an image, theta from a PixelCNN."""
 
     def __init__(self, n_colours: int, n_components: int, family: Family | str,
-                 n_filters: int, n_blocks: int, network: Network | str = Network.gated):
+                 n_filters: int, n_blocks: int, network: Network | str = Network.gated,
+                 n_classes: int = 0):
         super().__init__(n_components, family)
-        self.net = NETWORKS[Network(network)](n_colours, 3 * n_components, n_filters, n_blocks)
+        self.net = NETWORKS[Network(network)](n_colours, 3 * n_components, n_filters, n_blocks,
+                                              n_classes=n_classes)
         # The head's output channel p * C + c is parameter p of colour c.
         self.start_unconditional(self.net.head.output,
                                  lambda initial: initial.repeat_interleave(n_colours))
 
-    def mixture_parameters(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    def mixture_parameters(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.net(x, context)
 
     def fill_order(self, shape: torch.Size) -> Iterator[tuple[Index, Index]]:
         """Raster order, then channel order. The network sees only the window its output
@@ -99,12 +109,16 @@ class PixelCNNMixtureCDF(CausalMixtureCDF):
 
 
 class PixelCNNFlow(CausalFlow):
-    """``model=pixelcnn_arflow``."""
+    """``model=pixelcnn_arflow``. ``conditional``: p(x | class) with ``n_classes``
+    classes, a learned class term in every layer of the network (gated: inside the
+    gates, as the conditional PixelCNN; plain: added to each layer's input)."""
 
     def __init__(self, event_shape: tuple[int, ...], n_components: int = 8,
                  family: Family | str = Family.logistic, n_filters: int = 32,
-                 n_blocks: int = 3, network: Network | str = Network.gated):
+                 n_blocks: int = 3, network: Network | str = Network.gated,
+                 conditional: bool = False, n_classes: int = 0):
         channels, _, _ = image_shape(event_shape, "model=pixelcnn_arflow")
+        n_classes = class_count(conditional, n_classes, "model=pixelcnn_arflow")
         if n_components < 1 or n_filters < channels or n_blocks < 0:
             # With fewer filters than colours some colour group has no hidden channel, and
             # the colours after it would silently lose sight of their own pixel.
@@ -112,5 +126,5 @@ class PixelCNNFlow(CausalFlow):
                               f"model.n_filters ({n_filters}) at least the number of channels "
                               f"({channels}), model.n_blocks ({n_blocks}) at least 0")
         transform = PixelCNNMixtureCDF(channels, n_components, family, n_filters,
-                                       n_blocks, network)
-        super().__init__(transform, event_shape)
+                                       n_blocks, network, n_classes)
+        super().__init__(transform, event_shape, n_classes)

@@ -25,6 +25,7 @@ from flowtrain.flows.base import (
     StandardNormal,
     image_shape,
 )
+from flowtrain.flows.conditioning import ClassPrior, class_count
 from flowtrain.flows.coupling import (
     AffineCoupling,
     Block,
@@ -53,28 +54,41 @@ def _couplings(make_mask: Callable[[tuple[int, int, int], int], Tensor],
 PAPER_CHECKERBOARD, PAPER_CHANNELWISE, PAPER_LAST_SCALE = 3, 3, 4
 
 
-def _scale(shape: tuple[int, int, int], scales: int, network: dict) -> list[Bijection]:
-    """The paper's scale and, on the half it keeps, the ``scales - 1`` finer ones."""
+def _scale(shape: tuple[int, int, int], scales: int, network: dict, n_classes: int
+           ) -> list[Bijection]:
+    """The paper's scale and, on the half it keeps, the ``scales - 1`` finer ones; the
+    last (coarsest) ends in the class prior of a conditional model."""
     if scales == 1:
-        return _couplings(checkerboard_mask, shape, PAPER_LAST_SCALE, **network)
+        return (_couplings(checkerboard_mask, shape, PAPER_LAST_SCALE, **network)
+                + _class_prior(shape, n_classes))
     channels, height, width = shape
     squeezed = (4 * channels, height // 2, width // 2)
     kept = (2 * channels, height // 2, width // 2)
     return (_couplings(checkerboard_mask, shape, PAPER_CHECKERBOARD, **network)
             + [Squeeze()]
             + _couplings(channel_mask, squeezed, PAPER_CHANNELWISE, **network)
-            + [OnKeptHalf(_scale(kept, scales - 1, network)), Unsqueeze()])
+            + [OnKeptHalf(_scale(kept, scales - 1, network, n_classes)), Unsqueeze()])
+
+
+def _class_prior(shape: tuple[int, int, int], n_classes: int) -> list[Bijection]:
+    """The top latent's class-conditional prior, for a conditional model (none else)."""
+    return [ClassPrior(shape, n_classes)] if n_classes else []
 
 
 class RealNVP(FlowModel):
     """``model=realnvp``. ``residual_block``: ``basic`` (two 3x3 convolutions a block) or
     ``bottleneck`` (the seed's 1x1 -> 3x3 -> 1x1). ``scales``: 1 for the single-scale
-    model shaped by the three coupling counts; more for the paper's multi-scale one."""
+    model shaped by the three coupling counts; more for the paper's multi-scale one.
+    ``conditional``: p(x | class) with ``n_classes`` classes, through a learned mean and
+    log-std per class of the top latent (``ClassPrior``): the whole image for one scale,
+    the coarsest scale's kept half for more; the couplings do not see the class."""
 
     def __init__(self, event_shape: tuple[int, ...], n_filters: int = 32, n_blocks: int = 2,
                  checkerboard_in: int = 4, channelwise: int = 3, checkerboard_out: int = 3,
-                 residual_block: Block | str = Block.basic, scales: int = 1):
+                 residual_block: Block | str = Block.basic, scales: int = 1,
+                 conditional: bool = False, n_classes: int = 0):
         channels, height, width = image_shape(event_shape, "model=realnvp", FOR_POINTS)
+        n_classes = class_count(conditional, n_classes, "model=realnvp")
         if min(n_filters, checkerboard_in, channelwise, checkerboard_out, scales) < 1 \
                 or n_blocks < 0:
             raise ConfigError("model.n_filters, model.scales and the coupling counts must be "
@@ -96,7 +110,7 @@ class RealNVP(FlowModel):
                     f"shape the single-scale model (model.scales=1); with model.scales="
                     f"{scales} every scale is the paper's (3 checkerboard couplings, squeeze,"
                     " 3 channel-wise; the last scale 4 checkerboard). Leave them out.")
-            layers = _scale(image, scales, network)
+            layers = _scale(image, scales, network, n_classes)
         else:
             squeezed = (4 * channels, height // 2, width // 2)
             layers = (
@@ -105,5 +119,6 @@ class RealNVP(FlowModel):
                 + _couplings(channel_mask, squeezed, channelwise, **network)
                 + [Unsqueeze()]
                 + _couplings(checkerboard_mask, image, checkerboard_out, **network)
+                + _class_prior(image, n_classes)
             )
-        super().__init__(layers, StandardNormal(tuple(event_shape)))
+        super().__init__(layers, StandardNormal(tuple(event_shape)), n_classes)

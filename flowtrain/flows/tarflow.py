@@ -22,6 +22,7 @@ from flowtrain.flows.base import (
     StandardNormal,
     image_shape,
 )
+from flowtrain.flows.conditioning import class_count
 from flowtrain.flows.transformer import CausalTransformer
 
 
@@ -61,10 +62,10 @@ class TransformerAutoregressiveBlock(Bijection):
 
     def __init__(self, length: int, token_dim: int, width: int, n_layers: int, head_dim: int,
                  expansion: int = 4, flip: bool = False, kv_cache: bool = True,
-                 max_log_scale: float = 0.0):
+                 max_log_scale: float = 0.0, n_classes: int = 0):
         super().__init__()
         self.conditioner = CausalTransformer(token_dim, 2 * token_dim, length, width,
-                                             n_layers, head_dim, expansion)
+                                             n_layers, head_dim, expansion, n_classes)
         self.flip = flip
         self.kv_cache = kv_cache
         self.max_log_scale = float(max_log_scale)
@@ -85,7 +86,7 @@ class TransformerAutoregressiveBlock(Bijection):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self._ordered(x)
         # output i conditions token i + 1; token 0 gets (0, 0) and passes unchanged
-        output = self.conditioner(x[:, :-1], self.flip)
+        output = self.conditioner(x[:, :-1], self.flip, context)
         log_scale, shift = self._affine(output, x)
         first = x[:, :1]
         rest = (x[:, 1:] - shift) * torch.exp(-log_scale)
@@ -98,9 +99,10 @@ class TransformerAutoregressiveBlock(Bijection):
                  if self.kv_cache else None)
         for index in range(1, z.shape[1]):
             if cache is not None:
-                output = self.conditioner.step(tokens[-1], cache, self.flip)
+                output = self.conditioner.step(tokens[-1], cache, self.flip, context)
             else:
-                output = self.conditioner(torch.cat(tokens, dim=1), self.flip)[:, -1:]
+                output = self.conditioner(torch.cat(tokens, dim=1), self.flip,
+                                          context)[:, -1:]
             log_scale, shift = self._affine(output, z)
             tokens.append(z[:, index:index + 1] * torch.exp(log_scale) + shift)
         return self._ordered(torch.cat(tokens, dim=1))
@@ -110,12 +112,16 @@ class TarFlow(FlowModel):
     """``model=tarflow``: patchify, ``blocks`` transformer autoregressive blocks of
     ``layers_per_block`` layers, each ``width`` wide with heads of ``head_dim`` channels,
     in alternating token order; the patches are put back at the end (which moves no
-    density), so the base is N(0, I) over the image's own shape."""
+    density), so the base is N(0, I) over the image's own shape. ``conditional``:
+    p(x | class) with ``n_classes`` classes, a learned class embedding added to every
+    token in every block's transformer, as released."""
 
     def __init__(self, event_shape: tuple[int, ...], patch_size: int = 2, width: int = 64,
                  blocks: int = 4, layers_per_block: int = 2, head_dim: int = 32,
-                 expansion: int = 4, kv_cache: bool = True, max_log_scale: float = 0.0):
+                 expansion: int = 4, kv_cache: bool = True, max_log_scale: float = 0.0,
+                 conditional: bool = False, n_classes: int = 0):
         channels, height, width_px = image_shape(event_shape, "model=tarflow", FOR_POINTS)
+        n_classes = class_count(conditional, n_classes, "model=tarflow")
         sizes = {"patch_size": patch_size, "width": width, "blocks": blocks,
                  "layers_per_block": layers_per_block, "head_dim": head_dim,
                  "expansion": expansion}
@@ -140,10 +146,11 @@ class TarFlow(FlowModel):
         patches = Patchify((channels, height, width_px), patch_size)
         token_flows = [TransformerAutoregressiveBlock(
             length, channels * patch_size ** 2, width, layers_per_block, head_dim, expansion,
-            flip=bool(index % 2), kv_cache=kv_cache, max_log_scale=max_log_scale)
+            flip=bool(index % 2), kv_cache=kv_cache, max_log_scale=max_log_scale,
+            n_classes=n_classes)
             for index in range(blocks)]
         super().__init__([patches, *token_flows, Inverse(patches)],
-                         StandardNormal(tuple(event_shape)))
+                         StandardNormal(tuple(event_shape)), n_classes)
 
     @property
     def kv_cache(self) -> bool:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowtrain.flows.conditioning import ClassEmbedding
+
 
 def _normed(norm: nn.LayerNorm, h: Tensor) -> Tensor:
     """LayerNorm in at least float32, back in h's dtype (released: ``x.float()``)."""
@@ -97,24 +99,29 @@ class TransformerLayer(nn.Module):
 class CausalTransformer(nn.Module):
     """Tokens [B, T, in_features] -> outputs [B, T, out_features], output i a function of
     tokens 0..i only. A learned position embedding (released init: N(0, 1e-4)) is added
-    after the input projection; the output projection's weights start at zero."""
+    after the input projection; the output projection's weights start at zero.
+    ``n_classes`` > 0: a learned class embedding is added there too, for every token
+    (released ``MetaBlock``: ``class_embed``, initialized N(0, 1e-4) like the positions)."""
 
     def __init__(self, in_features: int, out_features: int, length: int, width: int,
-                 n_layers: int, head_dim: int, expansion: int):
+                 n_layers: int, head_dim: int, expansion: int, n_classes: int = 0):
         super().__init__()
         self.proj_in = nn.Linear(in_features, width)
         self.pos_embed = nn.Parameter(torch.randn(length, width) * 1e-2)
+        self.class_embed = (ClassEmbedding(n_classes, width, std=1e-2) if n_classes
+                            else None)
         self.layers = nn.ModuleList(TransformerLayer(width, head_dim, expansion)
                                     for _ in range(n_layers))
         self.proj_out = nn.Linear(width, out_features)
         nn.init.zeros_(self.proj_out.weight)
         self.head_dim = head_dim
 
-    def forward(self, tokens: Tensor, flip: bool = False) -> Tensor:
+    def forward(self, tokens: Tensor, flip: bool = False, context: Tensor | None = None
+                ) -> Tensor:
         """Every position at once. ``flip``: the tokens come in reversed order, and the
         position embedding is reversed with them (as released, so embedding j stays with
-        original token j)."""
-        h = self.proj_in(tokens) + self._positions(flip)[:tokens.shape[1]]
+        original token j). ``context``: the labels, for a conditional transformer."""
+        h = self._embedded(tokens, self._positions(flip)[:tokens.shape[1]], context)
         for layer in self.layers:
             h = layer(h)
         return self.proj_out(h)
@@ -123,15 +130,23 @@ class CausalTransformer(nn.Module):
         heads = self.layers[0].attention.heads
         return KVCache(len(self.layers), batch, heads, length, self.head_dim)
 
-    def step(self, token: Tensor, cache: KVCache, flip: bool = False) -> Tensor:
+    def step(self, token: Tensor, cache: KVCache, flip: bool = False,
+             context: Tensor | None = None) -> Tensor:
         """The output at ``cache.position`` from that one token [B, 1, in_features] and the
         cached keys and values of the positions before it."""
         position = cache.position
-        h = self.proj_in(token) + self._positions(flip)[position:position + 1]
+        h = self._embedded(token, self._positions(flip)[position:position + 1], context)
         for index, layer in enumerate(self.layers):
             h = layer(h, cache, index)
         cache.position += 1
         return self.proj_out(h)
+
+    def _embedded(self, tokens: Tensor, positions: Tensor, context: Tensor | None) -> Tensor:
+        """The input projection plus the positions' (and the class's) embeddings."""
+        h = self.proj_in(tokens) + positions
+        if self.class_embed is None:
+            return h
+        return h + self.class_embed(context, tokens.shape[0]).unsqueeze(1)
 
     def _positions(self, flip: bool) -> Tensor:
         return self.pos_embed.flip(0) if flip else self.pos_embed

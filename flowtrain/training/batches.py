@@ -16,16 +16,21 @@ class BatchStream:
     Incomplete last batches are dropped so every step sees ``batch_size`` examples.
     ``hflip``: each image [C, H, W] is mirrored left to right with probability 1/2; the
     coin flips of an epoch are drawn with its order, so a resumed run replays them too.
+    ``labels`` [N]: the examples' class labels, drawn with them (``next_labelled``).
     """
 
-    def __init__(self, data: Tensor, batch_size: int, seed: int, hflip: bool = False):
+    def __init__(self, data: Tensor, batch_size: int, seed: int, hflip: bool = False,
+                 labels: Tensor | None = None):
         if batch_size > len(data):
             raise ConfigError(f"train.batch_size={batch_size} is larger than the training set "
                              f"({len(data)} examples); lower train.batch_size.")
         if hflip and data.ndim != 4:
             raise ConfigError(f"data.hflip mirrors images [N, C, H, W]; this data has shape "
                               f"{tuple(data.shape)}. Leave data.hflip=false.")
+        if labels is not None and labels.shape != (len(data),):
+            raise ValueError(f"labels of shape {tuple(labels.shape)} for {len(data)} examples")
         self.data = data
+        self.labels = labels
         self.hflip = hflip
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
@@ -40,15 +45,22 @@ class BatchStream:
         self._position = 0
 
     def next(self) -> Tensor:
+        """The next batch of examples."""
+        return self.next_labelled()[0]
+
+    def next_labelled(self) -> tuple[Tensor, Tensor | None]:
+        """The next batch of examples and their labels (None without labels)."""
         if self._position + self.batch_size > len(self.data):
             self.epoch += 1
             self._start_epoch()
         index = self._order[self._position:self._position + self.batch_size]
         self._position += self.batch_size
         batch = self.data[index]
+        labels = None if self.labels is None else self.labels[index]
         if self._mirrored is None:
-            return batch
-        return torch.where(self._mirrored[index].view(-1, 1, 1, 1), batch.flip(-1), batch)
+            return batch, labels
+        return (torch.where(self._mirrored[index].view(-1, 1, 1, 1), batch.flip(-1), batch),
+                labels)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self._position,

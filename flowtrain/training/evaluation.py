@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from flowtrain.data.base import FlowData
+from flowtrain.errors import DataError
 from flowtrain.flows.base import FlowModel
 from flowtrain.likelihood import (
     Preprocessing,
@@ -44,24 +45,48 @@ def evaluation_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
 
 
+def labels_to_score(model: FlowModel, data: FlowData, split: str) -> torch.Tensor | None:
+    """The labels a class-conditional model is scored with on ``split`` (its NLL is then
+    -log p(x | y)); None for an unconditional model, which ignores any labels."""
+    if not model.n_classes:
+        return None
+    labels = data.split_labels(split)
+    if labels is None:
+        raise DataError(f"this model is class-conditional, and {data.name} has no class "
+                        f"labels to score it with: give it labelled data (the data set it "
+                        f"was trained on)")
+    if data.n_classes != model.n_classes:
+        raise DataError(f"this model is conditioned on {model.n_classes} classes and "
+                        f"{data.name} has {data.n_classes}: give it data with its classes "
+                        f"(leave data=... out for the data set it was trained on)")
+    return labels
+
+
 @torch.no_grad()
 def mean_nll(model: FlowModel, preprocessing: Preprocessing, points: torch.Tensor, *,
              batch_size: int, device: torch.device, seed: int, n_samples: int = 1,
-             progress: bool = False) -> float:
-    """Mean NLL (nats per example) over ``points``, in batches: the dequantization bound,
-    or with ``n_samples`` > 1 the importance-weighted estimate over that many noise draws.
-    Always fp32 (not bf16, not TF32), whatever the run trained in, so bits/dim compare
-    across runs and a checkpoint evaluated later gives the number its run reported."""
+             progress: bool = False, labels: torch.Tensor | None = None) -> float:
+    """Mean NLL (nats per example) over ``points`` (given their ``labels``, for a
+    class-conditional model), in batches: the dequantization bound, or with ``n_samples``
+    > 1 the importance-weighted estimate over that many noise draws. Always fp32 (not
+    bf16, not TF32), whatever the run trained in, so bits/dim compare across runs and a
+    checkpoint evaluated later gives the number its run reported."""
     generator = evaluation_generator(device, seed)
     total = torch.zeros((), dtype=torch.float64, device=device)
     description = "eval" if n_samples == 1 else f"eval, {n_samples} draws"
-    batches = tqdm(points.split(batch_size), desc=description, unit="batch",
+    point_batches = points.split(batch_size)
+    label_batches = (labels.split(batch_size) if labels is not None
+                     else [None] * len(point_batches))
+    batches = tqdm(zip(point_batches, label_batches, strict=True),
+                   total=len(label_batches), desc=description, unit="batch",
                    disable=None if progress else True, dynamic_ncols=True)
     with evaluation_mode(model, preprocessing), exact_float32():
-        for batch in batches:
+        for batch, batch_labels in batches:
             args = (model, preprocessing, batch.to(device))
-            nll = (negative_log_likelihood(*args, generator=generator) if n_samples == 1
-                   else importance_weighted_nll(*args, n_samples, generator)[0])
+            context = None if batch_labels is None else batch_labels.to(device)
+            nll = (negative_log_likelihood(*args, generator=generator, context=context)
+                   if n_samples == 1
+                   else importance_weighted_nll(*args, n_samples, generator, context)[0])
             total += nll.double().sum()
     return total.item() / len(points)
 
@@ -81,7 +106,8 @@ def evaluate_split(model: FlowModel, preprocessing: Preprocessing, data: FlowDat
     ``{split}_bpd_iw``; where the data's density is known,
     ``{split}_nll_true`` and the gap."""
     points = data.split(split)
-    measure = {"batch_size": batch_size, "device": device, "seed": seed, "progress": progress}
+    measure = {"batch_size": batch_size, "device": device, "seed": seed, "progress": progress,
+               "labels": labels_to_score(model, data, split)}
     nll = mean_nll(model, preprocessing, points, **measure)
     metrics: dict[str, Any] = split_metrics(split, nll, data)
     eval_samples = preprocessing.dequantizer.eval_samples

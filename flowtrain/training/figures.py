@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from flowtrain.class_labels import MAX_CLASS_ROWS, class_rows  # noqa: E402
 from flowtrain.data.base import FlowData  # noqa: E402
 from flowtrain.flows.base import FlowModel, UniformBase  # noqa: E402
 from flowtrain.likelihood import Preprocessing, negative_log_likelihood  # noqa: E402
@@ -154,16 +156,34 @@ def save_picture(picture: Figure | torch.Tensor, path: Path) -> None:
 _IMAGE_GRID_SIZE = 64
 
 
+def class_sample_grid(classes: Sequence[str], chosen: Sequence[Any] | None, levels: int,
+                      draw_samples: Callable[..., torch.Tensor], n_samples: int
+                      ) -> torch.Tensor:
+    """A class-conditional model's samples, one row per class (``chosen``, or the first
+    ten), as many a row as fit in a grid of ``n_samples`` (at most 64; at least one a
+    row, at most 8)."""
+    rows = min(len(chosen or classes), MAX_CLASS_ROWS)
+    per_row = max(1, min(8, min(n_samples, _IMAGE_GRID_SIZE) // rows))
+    labels = class_rows(classes, chosen, per_row)
+    return image_grid(draw_samples(len(labels), labels), levels, per_row=per_row)
+
+
 def figures_for(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
-                draw_samples: Callable[[int], torch.Tensor], n_samples: int
+                draw_samples: Callable[..., torch.Tensor], n_samples: int,
+                sample_classes: Sequence[Any] | None = None
                 ) -> dict[str, Figure | torch.Tensor]:
     """The pictures that suit this data's shape, by TensorBoard tag: matplotlib figures, or
-    image tensors [C, H, W] (samples drawn only when a picture shows them)."""
+    image tensors [C, H, W] (samples drawn only when a picture shows them, by
+    ``draw_samples(n)``, or ``draw_samples(n, labels)`` for a class-conditional model's
+    grid of one row per class: ``sample_classes``, or the first ten)."""
     if data.event_shape == (1,):
         return {"density": density_1d(model, preprocessing, data, draw_samples(n_samples)),
                 "latent": latent_histogram(model, preprocessing, data)}
     if data.event_shape == (2,):
         return {"density": density_2d(model, preprocessing, data, draw_samples(n_samples))}
+    if len(data.event_shape) == 3 and data.levels is not None and model.n_classes:
+        return {"samples": class_sample_grid(data.labels.classes, sample_classes, data.levels,
+                                             draw_samples, n_samples)}
     if len(data.event_shape) == 3 and data.levels is not None:
         # at most 64: an autoregressive flow pays a network pass per value for each one
         return {"samples": image_grid(draw_samples(min(n_samples, _IMAGE_GRID_SIZE)),

@@ -33,6 +33,7 @@ from flowtrain.training.distributed import DataParallelFlow, Ranks
 from flowtrain.training.evaluation import (
     evaluate_split,
     evaluation_mode,
+    labels_to_score,
     mean_nll,
     split_metrics,
 )
@@ -120,21 +121,26 @@ class Trainer:
 
     # --- measuring -------------------------------------------------------------------
 
-    def evaluate(self, points: torch.Tensor) -> float:
-        """Mean NLL (nats per example) over ``points``, as ``task=eval`` measures it."""
-        return mean_nll(*self.state.evaluated, points,
+    def evaluate(self, split: str) -> float:
+        """Mean NLL (nats per example) over a split, as ``task=eval`` measures it (given
+        the labels, for a class-conditional model)."""
+        model = self.state.evaluated[0]
+        return mean_nll(*self.state.evaluated, self.data.split(split),
                         batch_size=self.cfg.eval_batch_size, device=self.device,
-                        seed=self.seed)
+                        seed=self.seed, labels=labels_to_score(model, self.data, split))
 
     @torch.no_grad()
-    def draw_samples(self, n: int) -> torch.Tensor:
-        """n samples in data space at ``train.sample_temperature``, from a generator of their
-        own so that drawing them does not move the training RNG (a resumed run must see the
-        same random numbers)."""
+    def draw_samples(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """n samples in data space at ``train.sample_temperature`` (of the classes
+        ``labels``, for a class-conditional model), from a generator of their own so that
+        drawing them does not move the training RNG (a resumed run must see the same
+        random numbers)."""
         generator = torch.Generator(self.device).manual_seed(self.seed + self.state.step)
         model, preprocessing = self.state.evaluated
+        context = None if labels is None else labels.to(self.device)
         with evaluation_mode(model, preprocessing):
-            return preprocessing.sample(model, n, self.cfg.sample_temperature, generator)
+            return preprocessing.sample(model, n, self.cfg.sample_temperature, generator,
+                                        context)
 
     # --- writing ---------------------------------------------------------------------
 
@@ -151,20 +157,22 @@ class Trainer:
         if not self.ranks.is_main:
             return
         figures = figures_for(*self.state.evaluated, self.data, self.draw_samples,
-                              self.cfg.n_samples)
+                              self.cfg.n_samples, self.cfg.sample_classes)
         logger.figures(figures, self.state.step)
 
     # --- the loop ----------------------------------------------------------------------
 
-    def train_step(self, batch: torch.Tensor) -> torch.Tensor:
-        """One step; its gradient norm. A non-finite loss or gradient norm skips the update
-        (the schedule still advances, so the learning rate stays a function of the step)."""
+    def train_step(self, batch: torch.Tensor, labels: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """One step (on the batch's ``labels`` too, for a class-conditional model); its
+        gradient norm. A non-finite loss or gradient norm skips the update (the schedule
+        still advances, so the learning rate stays a function of the step)."""
         state = self.state
         if self.eager_pass_due:
-            self.initialize_eagerly(batch)
+            self.initialize_eagerly(batch, labels)
         with autocast(self.device, self.cfg.precision):
             nll = negative_log_likelihood(self.trained, state.preprocessing, batch,
-                                          keep=self.batch_slice).mean()
+                                          keep=self.batch_slice, context=labels).mean()
         state.optimizer.zero_grad(set_to_none=True)
         nll.backward()
         self.ranks.average_gradients(self.dequant_parameters)
@@ -188,7 +196,7 @@ class Trainer:
         state.step += 1
         return grad_norm.detach()
 
-    def initialize_eagerly(self, batch: torch.Tensor) -> None:
+    def initialize_eagerly(self, batch: torch.Tensor, labels: torch.Tensor | None) -> None:
         """Before a compiled model's first step: one training-mode forward pass outside the
         graph, on this step's own dequantization noise (the random state is put back), so
         that data-dependent initializations such as ActNorm's happen here. The graph traced
@@ -199,7 +207,9 @@ class Trainer:
         with (torch.random.fork_rng(devices=devices), torch.no_grad(),
               autocast(self.device, self.cfg.precision)):
             y, _ = self.state.preprocessing(batch)
-            self.state.model.forward(y[self.batch_slice])  # forward: not the compiled call
+            context = None if labels is None else labels[self.batch_slice]
+            # forward: not the compiled call
+            self.state.model.forward(y[self.batch_slice], context)
         self.eager_pass_due = False
 
     def count_nonfinite(self, nll: float, grad_norm: float) -> None:
@@ -265,8 +275,10 @@ class Trainer:
               as progress, logging_redirect_tqdm(), StopRequest() as stop):
             while state.step < cfg.steps and stopped_by is None:
                 step_start = time.perf_counter()
-                grad_norm = self.train_step(state.batches.next().to(self.device,
-                                                                     non_blocking=True))
+                batch, labels = state.batches.next_labelled()
+                grad_norm = self.train_step(
+                    batch.to(self.device, non_blocking=True),
+                    None if labels is None else labels.to(self.device, non_blocking=True))
                 clock.add(time.perf_counter() - step_start)
                 progress.update()
                 if self.due(cfg.log_every):
@@ -321,7 +333,7 @@ class Trainer:
         if not self.ranks.is_main or self.data.val is None:
             return
         state = self.state
-        val_nll = self.evaluate(self.data.val)
+        val_nll = self.evaluate("val")
         self.last_val_nll = (state.step, val_nll)
         val = split_metrics("val", val_nll, self.data)
         logger.scalars(as_tags("val", val), state.step)
@@ -358,7 +370,7 @@ class Trainer:
         try:
             for name, module in modules.items():
                 module.load_state_dict(weights[name])
-            return self.evaluate(self.data.test)
+            return self.evaluate("test")
         finally:
             for name, module in modules.items():
                 module.load_state_dict(current[name])
@@ -377,7 +389,7 @@ class Trainer:
         if known is not None and known[0] == state.step:
             metrics |= split_metrics("val", known[1], data)
         elif data.val is not None and finished:
-            metrics |= split_metrics("val", self.evaluate(data.val), data)
+            metrics |= split_metrics("val", self.evaluate("val"), data)
         if state.best_step >= 0:
             metrics |= split_metrics("best_val", state.best_val_nll, data)
             metrics["best_step"] = state.best_step
@@ -398,6 +410,7 @@ class Trainer:
             "device": str(self.device),
             "nonfinite_steps": state.nonfinite.total,
             **({"data_version": data.version} if data.version else {}),
+            **({"n_classes": state.model.n_classes} if state.model.n_classes else {}),
         }
 
 

@@ -1,0 +1,90 @@
+"""What class-conditional models share: how many classes a model is built for, the labels
+it is handed as its ``context``, and the class-conditional Gaussian prior of the
+multi-scale flows (Glow's ``ycond``).
+
+A conditional model p(x | y) takes the labels y, int64 [B] in 0 .. n_classes - 1, as the
+``context`` every bijection already receives; the transforms that do not depend on the
+class ignore it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from flowtrain.errors import ConfigError
+from flowtrain.flows.mixture import bounded_log_scale
+from flowtrain.flows.multiscale import GaussianPrior
+
+
+def class_count(conditional: bool, n_classes: int, option: str) -> int:
+    """The number of classes a model conditions on: 0 for an unconditional one. A
+    conditional model needs labelled data, which says how many classes there are."""
+    if not conditional:
+        return 0
+    if n_classes < 2:
+        raise ConfigError(f"{option} model.conditional=true models p(x | class) and needs "
+                          f"the number of classes (at least 2) from labelled data; got "
+                          f"{n_classes}. Train it on a labelled data set (docs/CONFIG.md, "
+                          f"Class-conditional models).")
+    return n_classes
+
+
+def checked_labels(context: Tensor | None, batch: int, n_classes: int) -> Tensor:
+    """``context`` checked to be the labels of a batch of ``batch`` examples: what a
+    class-conditional layer reads. A missing one is an error, not an unconditional pass."""
+    if context is None:
+        raise ValueError(f"this model is class-conditional ({n_classes} classes): pass the "
+                         f"class labels as the context (label=... when sampling)")
+    if context.dtype != torch.long or context.shape != (batch,):
+        raise ValueError(f"class labels must be int64 of shape [{batch}]; got "
+                         f"{context.dtype} of shape {tuple(context.shape)}")
+    return context
+
+
+class ClassEmbedding(nn.Module):
+    """One learned vector per class, [B, width] for labels [B]; ``std`` 0 starts every
+    class at zero, so a conditional model starts as its unconditional one."""
+
+    def __init__(self, n_classes: int, width: int, std: float = 0.0):
+        super().__init__()
+        self.n_classes = n_classes
+        self.weight = nn.Parameter(torch.randn(n_classes, width) * std)
+
+    def forward(self, context: Tensor | None, batch: int) -> Tensor:
+        return self.weight[checked_labels(context, batch, self.n_classes)]
+
+    def as_map(self, context: Tensor | None, batch: int) -> Tensor:
+        """[B, width, 1, 1]: a per-class bias for feature maps, the same at every pixel."""
+        return self(context, batch)[:, :, None, None]
+
+
+def class_embeddings(n_classes: int, width: int, count: int) -> nn.ModuleList | None:
+    """``count`` zero-initialized class biases of ``width`` channels, one per layer of a
+    conditional network; None for an unconditional one (``n_classes`` 0)."""
+    if not n_classes:
+        return None
+    return nn.ModuleList(ClassEmbedding(n_classes, width) for _ in range(count))
+
+
+class ClassPrior(GaussianPrior):
+    """z -> (z - mu_y) exp(-log_sigma_y): a learned mean and log-std per class for every
+    element of the top latent, zero at initialization. Glow's class-conditional prior
+    (openai/glow, model.py ``prior``: ``y_emb``, a zero-initialized linear map of the
+    one-hot label added to the top prior's mean and log-std) gives one value per channel,
+    shared by every position; this gives one per position too, so that a single-scale
+    RealNVP on one-channel images has more than two numbers per class to steer by."""
+
+    def __init__(self, shape: tuple[int, ...], n_classes: int):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.class_mean = ClassEmbedding(n_classes, math.prod(shape))
+        self.class_raw_log_std = ClassEmbedding(n_classes, math.prod(shape))
+
+    def prior(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        batch = z.shape[0]
+        mean = self.class_mean(context, batch).view(batch, *self.shape)
+        log_std = bounded_log_scale(self.class_raw_log_std(context, batch))
+        return mean.to(z.dtype), log_std.view(batch, *self.shape).to(z.dtype)
