@@ -21,6 +21,7 @@ from flowtrain.config import Task, config_dir, register_configs
 from flowtrain.data.base import UNIT_NAMES
 from flowtrain.errors import ConfigError, NonFiniteError, user_error_in
 from flowtrain.sweeps import check_sweep_selects, objective_key, result_unit, run_identity
+from flowtrain.training.run_lock import RunFolderBusy, run_dir_named_in, run_folder_lock
 
 log = logging.getLogger("flowtrain")
 
@@ -54,9 +55,20 @@ def run(cfg: DictConfig) -> float | None:
 def main() -> None:
     """The ``flowtrain`` command. For task=eval|sample, the checkpoint's own model, data and
     dequant options are named first, so their keys compose (data.root=... on a CIFAR-10
-    checkpoint) as they did in training."""
+    checkpoint) as they did in training. A training run in a folder it names
+    (``hydra.run.dir=...``) takes the folder's lock before Hydra writes its config and log
+    there: a second writer stops before touching anything."""
     sys.argv = with_checkpoint_choices(sys.argv)
-    run()
+    folder = run_dir_named_in(sys.argv)
+    if folder is None:
+        run()
+        return
+    try:
+        with run_folder_lock(folder, logging_ready=False):
+            run()
+    except RunFolderBusy as error:
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_task(cfg: DictConfig) -> float | None:
@@ -116,14 +128,16 @@ def train(cfg: DictConfig) -> float | None:
     if not ranks.is_main:  # rank 0 speaks for the run; the others only warn
         logging.getLogger("flowtrain").setLevel(logging.WARNING)
     try:
-        choices = dict(hydra_config.runtime.choices)
-        overrides = list(hydra_config.overrides.task)
-        trainer = build_trainer(cfg, run_dir, resume_command(overrides, run_dir), ranks,
-                                {group: choices.get(group) for group in RECORDED_GROUPS},
-                                hyperparameters=run_identity(cfg, choices, overrides))
-        log.info("run folder: %s%s", run_dir,
-                 f" ({ranks.world_size} processes)" if ranks.distributed else "")
-        metrics = trainer.run()
+        # rank 0 writes the folder; a lock taken in main() is not taken twice
+        with run_folder_lock(run_dir, hold=ranks.is_main):
+            choices = dict(hydra_config.runtime.choices)
+            overrides = list(hydra_config.overrides.task)
+            trainer = build_trainer(cfg, run_dir, resume_command(overrides, run_dir), ranks,
+                                    {group: choices.get(group) for group in RECORDED_GROUPS},
+                                    hyperparameters=run_identity(cfg, choices, overrides))
+            log.info("run folder: %s%s", run_dir,
+                     f" ({ranks.world_size} processes)" if ranks.distributed else "")
+            metrics = trainer.run()
     finally:
         leave_process_group()
     if not ranks.is_main:

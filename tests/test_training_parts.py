@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -99,8 +100,16 @@ def test_truncated_checkpoint_is_refused(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"hello world\n", b""],
-                         ids=["random bytes", "text", "empty"])
+def _random_bytes(seed: int, first: bytes = b"") -> bytes:
+    return first + np.random.default_rng(seed).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("content", [
+    bytes(range(256)) * 4, b"hello world\n", b"",
+    _random_bytes(17),  # fails inside the unpickler with an IndexError
+    # reads as a pickle GLOBAL opcode naming a made-up global
+    _random_bytes(1, first=b"cmaotk\nzejn\n"),
+], ids=["byte ramp", "text", "empty", "random bytes", "random bytes that read as a global"])
 def test_a_file_that_is_no_checkpoint_is_called_that_not_code(tmp_path, content):
     path = tmp_path / "last.pt"
     path.write_bytes(content)

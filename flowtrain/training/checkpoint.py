@@ -10,6 +10,7 @@ import errno
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -106,14 +107,15 @@ def load_checkpoint(path: Path, missing_hint: str = _RESUME_HINT) -> dict[str, A
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # weights_only names the global it blocked; bytes that are no pickle at all fail on
-        # an operand instead, and hold no code to refuse.
-        if "global" not in str(error).lower():
+        # weights_only names the global it blocked. Bytes that are no pickle at all fail on
+        # an operand instead, or, when they happen to read as a GLOBAL opcode, name a
+        # made-up global: only a file torch could have written holds code to refuse.
+        if "global" not in str(error).lower() or not _saved_by_torch(path):
             raise CheckpointError(_unreadable(path, error)) from error
         raise CheckpointError(
             f"refusing {path}: it holds pickled Python objects that loading would execute "
             f"(weights_only=True refused it: {_reason(error)})") from error
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
+    except Exception as error:  # garbage fails anywhere in the unpickler (IndexError, ...)
         raise CheckpointError(_unreadable(path, error)) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a flowtrain checkpoint.")
@@ -122,6 +124,16 @@ def load_checkpoint(path: Path, missing_hint: str = _RESUME_HINT) -> dict[str, A
                               f"this flowtrain reads version {VERSION}. Continue it with the "
                               f"flowtrain that wrote it, or start a new run.")
     return state
+
+
+def _saved_by_torch(path: Path) -> bool:
+    """Whether ``path`` is in a format torch.save writes: a zip archive (the default since
+    torch 1.6), or a pickle that starts with its protocol header (the legacy format)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as file:
+        header = file.read(2)
+    return len(header) == 2 and header[0] == pickle.PROTO[0] and 2 <= header[1] <= 5
 
 
 def _reason(error: Exception) -> str:
