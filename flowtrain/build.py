@@ -111,7 +111,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
     # The same seed on every rank: identical initial weights and one global batch order.
     seed_everything(cfg.seed)
     device = ranks.device(select_device(cfg.device))
-    ranks.start(device)
+    ranks.start(device, cfg.train.dist_timeout_s)
     ranks.check_same(str(run_dir), "run folder",
                      "pin hydra.run.dir=..., or start torchrun with --standalone or "
                      "--rdzv-id so that all ranks share outputs/torchrun/ID.")

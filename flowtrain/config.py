@@ -384,6 +384,9 @@ class TrainConfig:
     # a class-conditional model's sample grid: one row for each of these classes (names
     # or indices, at most 10); null: the first 10
     sample_classes: Optional[list[Any]] = None  # noqa: UP045
+    # torchrun: how long a rank waits in a collective (an all-reduce) for the others before
+    # it gives up; long, since ranks wait while rank 0 evaluates, draws samples and saves
+    dist_timeout_s: float = 7200.0
 
 
 @dataclass

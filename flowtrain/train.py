@@ -137,7 +137,8 @@ def train(cfg: DictConfig) -> float | None:
                                     hyperparameters=run_identity(cfg, choices, overrides))
             log.info("run folder: %s%s", run_dir,
                      f" ({ranks.world_size} processes)" if ranks.distributed else "")
-            metrics = trainer.run()
+            with ranks.peers_explained(trainer.resume_command):
+                metrics = trainer.run()
     finally:
         leave_process_group()
     if not ranks.is_main:

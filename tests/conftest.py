@@ -26,8 +26,9 @@ RUN_TIMEOUT_S = 300  # one flowtrain run, in this process or in a subprocess
 # hands whole modules to its two workers in collection order (--no-loadscope-reorder), so
 # these start early and the workers finish together; by default it would order modules by
 # their number of tests and leave the three long torchrun tests for last.
-LONGEST_FIRST = ("test_distributed.py", "test_cli.py", "test_accuracy.py", "test_sweeps.py",
-                 "test_survival.py", "test_install.py", "test_tasks.py", "test_images.py")
+LONGEST_FIRST = ("test_distributed.py", "test_rank_faults.py", "test_cli.py",
+                 "test_accuracy.py", "test_sweeps.py", "test_survival.py", "test_install.py",
+                 "test_tasks.py", "test_images.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -21,10 +21,25 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from flowtrain.errors import ConfigError
+from flowtrain.errors import ConfigError, FlowtrainError
 from flowtrain.flows.base import FlowModel
 
-_COLLECTIVE_TIMEOUT = timedelta(hours=2)
+
+class RankLost(FlowtrainError):
+    """A collective failed: another rank died, hung or lost its connection."""
+
+
+# What gloo and NCCL say when a peer is gone or silent (their errors are RuntimeErrors, or
+# DistBackendError, a subclass, in newer torch).
+_PEER_FAILURES = ("connection reset", "connection closed", "connection refused",
+                  "broken pipe", "timed out", "timeout", "nccl", "gloo")
+
+
+def _a_collective_failed(error: RuntimeError) -> bool:
+    if isinstance(error, getattr(dist, "DistBackendError", ())):
+        return True
+    message = str(error).lower()
+    return any(failure in message for failure in _PEER_FAILURES)
 
 
 @dataclass(frozen=True)
@@ -55,17 +70,42 @@ class Ranks:
             return torch.device("cuda", self.local_rank)
         return device
 
-    def start(self, device: torch.device) -> None:
-        """Join the process group, once, when there is more than one process."""
+    def start(self, device: torch.device, timeout_s: float = 7200.0) -> None:
+        """Join the process group, once, when there is more than one process. A collective
+        that waits longer than ``timeout_s`` for another rank fails (train.dist_timeout_s)."""
         if not self.distributed or dist.is_initialized():
             return
+        if timeout_s <= 0:
+            raise ConfigError(f"train.dist_timeout_s must be positive; got {timeout_s}")
         if device.type == "cuda":
             torch.cuda.set_device(device)
         # Ranks other than 0 wait in their next collective while rank 0 evaluates, draws
-        # samples (a PixelCNN needs a pass per pixel) or saves: allow far more than NCCL's
-        # default 10 minutes.
+        # samples (a PixelCNN needs a pass per pixel) or saves: the default, 2 hours, is
+        # far more than NCCL's own 10 minutes.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=_COLLECTIVE_TIMEOUT)
+                                timeout=timedelta(seconds=timeout_s))
+
+    @contextmanager
+    def peers_explained(self, resume_command: str) -> Iterator[None]:
+        """A collective that fails because another rank died, hung past
+        train.dist_timeout_s or lost its connection, as a RankLost that says so and how to
+        go on, instead of the backend's traceback."""
+        try:
+            yield
+        except RuntimeError as error:
+            if not self.distributed or not _a_collective_failed(error):
+                raise
+            line = next((text.strip() for text in str(error).splitlines() if text.strip()), "")
+            raise RankLost(
+                f"rank {self.rank}: another process of this run stopped, hung past "
+                f"train.dist_timeout_s or lost its connection ({line[:300]}). Every rank "
+                f"stops; checkpoints/last.pt holds the last checkpoint, whole. Find the "
+                f"cause in the other ranks' output (torchrun names the rank that failed "
+                f"first), then continue with: {self.resume_command_for_all(resume_command)}"
+            ) from error
+
+    def resume_command_for_all(self, resume_command: str) -> str:
+        return f"torchrun --nproc_per_node={self.world_size} -m {resume_command}"
 
     def batch_slice(self, batch_size: int) -> slice:
         """This rank's part of a global batch of ``batch_size``."""

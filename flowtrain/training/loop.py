@@ -216,8 +216,9 @@ class Trainer:
         count = self.state.nonfinite
         count.total += 1
         count.in_a_row += 1
-        log.warning("step %d: skipped (loss %s, gradient norm %s); %d non-finite in a row",
-                    self.state.step + 1, nll, grad_norm, count.in_a_row)
+        if self.ranks.is_main:  # every rank skips the same step; rank 0 says so
+            log.warning("step %d: skipped (loss %s, gradient norm %s); %d non-finite in a "
+                        "row", self.state.step + 1, nll, grad_norm, count.in_a_row)
         if count.in_a_row >= self.cfg.max_nonfinite:
             raise NonFiniteError(
                 f"step {self.state.step + 1}: {count.in_a_row} steps in a row had a NaN or "
@@ -297,8 +298,9 @@ class Trainer:
             if stopped_by is not None:
                 logger.flush()
                 self.save("last.pt")
-                log.warning("%s at step %d: saved checkpoints/last.pt. Continue with: %s",
-                            stopped_by, state.step, self.resume_command)
+                if self.ranks.is_main:  # the rank that saved says so, once
+                    log.warning("%s at step %d: saved checkpoints/last.pt. Continue with: %s",
+                                stopped_by, state.step, self.resume_command)
         return stopped_by
 
     def log_training(self, logger: RunLogger, progress: tqdm, grad_norm: torch.Tensor,
