@@ -103,11 +103,14 @@ def use_cpu(requested: int | None, hydra_config: DictConfig) -> None:
         log.info("torch uses %d CPU thread(s)", threads)
 
 
-def resume_command(task_overrides: list[str], run_dir: Path) -> str:
-    """The command that continues this run: its own overrides, its folder, resume=true."""
+def resume_command(task_overrides: list[str], run_dir: Path, processes: int = 1) -> str:
+    """The command that continues this run: its own overrides, its folder, resume=true;
+    under torchrun, with as many processes."""
     kept = [item for item in task_overrides
             if not item.startswith(("resume=", "hydra.run.dir=", "+resume="))]
-    words = ["flowtrain", *kept, f"hydra.run.dir={run_dir}", "resume=true"]
+    launcher = (["torchrun", f"--nproc_per_node={processes}", "-m"] if processes > 1
+                else [])
+    words = [*launcher, "flowtrain", *kept, f"hydra.run.dir={run_dir}", "resume=true"]
     return " ".join(shlex.quote(word) for word in words)
 
 
@@ -132,7 +135,8 @@ def train(cfg: DictConfig) -> float | None:
         with run_folder_lock(run_dir, hold=ranks.is_main):
             choices = dict(hydra_config.runtime.choices)
             overrides = list(hydra_config.overrides.task)
-            trainer = build_trainer(cfg, run_dir, resume_command(overrides, run_dir), ranks,
+            continue_with = resume_command(overrides, run_dir, ranks.world_size)
+            trainer = build_trainer(cfg, run_dir, continue_with, ranks,
                                     {group: choices.get(group) for group in RECORDED_GROUPS},
                                     hyperparameters=run_identity(cfg, choices, overrides))
             log.info("run folder: %s%s", run_dir,

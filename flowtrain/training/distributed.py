@@ -101,11 +101,7 @@ class Ranks:
                 f"train.dist_timeout_s or lost its connection ({line[:300]}). Every rank "
                 f"stops; checkpoints/last.pt holds the last checkpoint, whole. Find the "
                 f"cause in the other ranks' output (torchrun names the rank that failed "
-                f"first), then continue with: {self.resume_command_for_all(resume_command)}"
-            ) from error
-
-    def resume_command_for_all(self, resume_command: str) -> str:
-        return f"torchrun --nproc_per_node={self.world_size} -m {resume_command}"
+                f"first), then continue with: {resume_command}") from error
 
     def batch_slice(self, batch_size: int) -> slice:
         """This rank's part of a global batch of ``batch_size``."""
