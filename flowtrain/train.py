@@ -103,13 +103,17 @@ def use_cpu(requested: int | None, hydra_config: DictConfig) -> None:
         log.info("torch uses %d CPU thread(s)", threads)
 
 
-def resume_command(task_overrides: list[str], run_dir: Path, processes: int = 1) -> str:
+def resume_command(task_overrides: list[str], run_dir: Path, processes: int = 1,
+                   nodes: int = 1) -> str:
     """The command that continues this run: its own overrides, its folder, resume=true;
-    under torchrun, with as many processes."""
+    under torchrun, with as many processes on as many nodes (where a multi-node job adds
+    its own rendezvous options)."""
     kept = [item for item in task_overrides
             if not item.startswith(("resume=", "hydra.run.dir=", "+resume="))]
-    launcher = (["torchrun", f"--nproc_per_node={processes}", "-m"] if processes > 1
-                else [])
+    launcher = []
+    if processes * nodes > 1:
+        launcher = ["torchrun", *([f"--nnodes={nodes}"] if nodes > 1 else []),
+                    f"--nproc_per_node={processes}", "-m"]
     words = [*launcher, "flowtrain", *kept, f"hydra.run.dir={run_dir}", "resume=true"]
     return " ".join(shlex.quote(word) for word in words)
 
@@ -135,7 +139,8 @@ def train(cfg: DictConfig) -> float | None:
         with run_folder_lock(run_dir, hold=ranks.is_main):
             choices = dict(hydra_config.runtime.choices)
             overrides = list(hydra_config.overrides.task)
-            continue_with = resume_command(overrides, run_dir, ranks.world_size)
+            continue_with = resume_command(overrides, run_dir, ranks.local_world_size,
+                                           ranks.nodes)
             trainer = build_trainer(cfg, run_dir, continue_with, ranks,
                                     {group: choices.get(group) for group in RECORDED_GROUPS},
                                     hyperparameters=run_identity(cfg, choices, overrides))

@@ -103,3 +103,36 @@ def test_a_sweep_under_torchrun_is_refused(tmp_path):
                      cwd=tmp_path, check=False, env=TORCHRUN_RANK_0)
     assert result.returncode == 2
     assert "-m (a sweep) and torchrun do not mix" in result.stdout + result.stderr
+
+
+def test_only_the_process_groups_own_failures_are_reported_as_a_lost_rank():
+    from flowtrain.errors import CheckpointError
+    from flowtrain.training.distributed import _a_collective_failed
+
+    assert _a_collective_failed(dist.DistBackendError("NCCL communicator was aborted"))
+    assert _a_collective_failed(RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection "
+                                             "closed by peer [127.0.0.1]:4242"))
+    assert _a_collective_failed(RuntimeError("Timed out waiting 5000ms for recv operation"))
+    assert not _a_collective_failed(CheckpointError("last.pt: saved under nccl, timed out"))
+    assert not _a_collective_failed(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not _a_collective_failed(RuntimeError("DataLoader timeout while reading gloo.png"))
+
+
+@pytest.mark.parametrize("seconds", [0, -5, float("inf"), float("nan"), 1e300])
+def test_a_collective_timeout_that_no_clock_can_wait_is_refused(seconds):
+    from flowtrain.errors import ConfigError
+    from flowtrain.training.distributed import collective_timeout
+
+    with pytest.raises(ConfigError, match="train.dist_timeout_s"):
+        collective_timeout(seconds)
+    assert collective_timeout(5.5).total_seconds() == 5.5
+
+
+def test_the_resume_command_launches_as_many_processes_on_as_many_nodes(tmp_path):
+    from flowtrain.train import resume_command
+
+    overrides = ["model=glow", "resume=false", "hydra.run.dir=old"]
+    assert resume_command(overrides, tmp_path) == (
+        f"flowtrain model=glow hydra.run.dir={tmp_path} resume=true")
+    assert resume_command(overrides, tmp_path, processes=4, nodes=2).startswith(
+        "torchrun --nnodes=2 --nproc_per_node=4 -m flowtrain model=glow ")

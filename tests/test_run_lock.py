@@ -10,9 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import filelock
+import pytest
 from conftest import TINY_RUN, read_metrics, run_cli
 
-from flowtrain.training.run_lock import LOCK_FILE, OWNER_FILE, run_dir_named_in
+from flowtrain.training.run_lock import (
+    LOCK_FILE,
+    OFF_SWITCH,
+    OWNER_FILE,
+    RunFolderBusy,
+    run_dir_named_in,
+    run_folder_lock,
+)
 
 HOLD = """
 import sys, time
@@ -63,3 +72,34 @@ def test_only_a_training_command_that_names_its_folder_locks_before_hydra(monkey
         assert run_dir_named_in(argv) is None
     monkeypatch.setenv("RANK", "1")  # under torchrun rank 0 alone writes the folder
     assert run_dir_named_in(["flowtrain", "hydra.run.dir=x"]) is None
+
+
+@pytest.mark.parametrize("words", [
+    ["--cfg", "job"], ["-c", "job"], ["--help"], ["--hydra-help"], ["--info"],
+    ["--resolve", "--cfg", "job"], ["--shell-completion"], ["hydra.mode=MULTIRUN"]])
+def test_a_command_that_only_prints_or_sweeps_takes_no_lock(monkeypatch, words):
+    monkeypatch.delenv("RANK", raising=False)
+    assert run_dir_named_in(["flowtrain", *words, "hydra.run.dir=x"]) is None
+
+
+def test_the_folder_is_the_one_hydra_will_use(monkeypatch):
+    """Hydra resolves interpolations later and expands no ~: neither is guessed here (an
+    interpolated folder is locked once training starts)."""
+    monkeypatch.delenv("RANK", raising=False)
+    assert run_dir_named_in(["flowtrain", "hydra.run.dir=out/${now:%H-%M-%S}"]) is None
+    assert run_dir_named_in(["flowtrain", "hydra.run.dir=${oc.env:RUNS}/a"]) is None
+    assert run_dir_named_in(["flowtrain", "hydra.run.dir=~/runs/a"]) == Path("~/runs/a")
+    assert run_dir_named_in(["flowtrain", "hydra.run.dir='out/a b'"]) == Path("out/a b")
+
+
+def test_a_lock_the_filesystem_refuses_names_the_off_switch(tmp_path, monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(38, "Function not implemented")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+    with pytest.raises(RunFolderBusy, match=f"{OFF_SWITCH}=off"), \
+            run_folder_lock(tmp_path / "run"):
+        pass
+    monkeypatch.setenv(OFF_SWITCH, "off")
+    with run_folder_lock(tmp_path / "run"):
+        pass

@@ -10,6 +10,7 @@ evaluates, draws pictures and writes checkpoints.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,17 +30,34 @@ class RankLost(FlowtrainError):
     """A collective failed: another rank died, hung or lost its connection."""
 
 
-# What gloo and NCCL say when a peer is gone or silent (their errors are RuntimeErrors, or
-# DistBackendError, a subclass, in newer torch).
+# What gloo says when a peer is gone or silent, in errors older torch raises as plain
+# RuntimeErrors (newer torch raises DistError subclasses, caught by type).
 _PEER_FAILURES = ("connection reset", "connection closed", "connection refused",
-                  "broken pipe", "timed out", "timeout", "nccl", "gloo")
+                  "broken pipe", "timed out", "pair closure")
 
 
 def _a_collective_failed(error: RuntimeError) -> bool:
-    if isinstance(error, getattr(dist, "DistBackendError", ())):
+    """Whether ``error`` came from the process group rather than from flowtrain or the
+    model (a refused checkpoint is a RuntimeError too, and says what it says)."""
+    if isinstance(error, FlowtrainError):
+        return False
+    if isinstance(error, getattr(dist, "DistError", ())):
         return True
     message = str(error).lower()
     return any(failure in message for failure in _PEER_FAILURES)
+
+
+def collective_timeout(seconds: float) -> timedelta:
+    """train.dist_timeout_s as the process group takes it, checked on every run (not only
+    under torchrun) so that a bad value is caught before the first multi-process job."""
+    if not 0 < seconds < math.inf:
+        raise ConfigError(f"train.dist_timeout_s must be a positive number of seconds; got "
+                          f"{seconds}")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ConfigError(f"train.dist_timeout_s={seconds} is longer than any clock can "
+                          f"count; 7200 (two hours) is the default") from None
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,11 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this node
+
+    @property
+    def nodes(self) -> int:
+        return max(self.world_size // max(self.local_world_size, 1), 1)
 
     @property
     def is_main(self) -> bool:
@@ -60,9 +83,12 @@ class Ranks:
 
     @classmethod
     def from_environment(cls) -> Ranks:
-        """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; a single process without them."""
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+        """torchrun's RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE; a single process
+        without them."""
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        return cls(int(os.environ.get("RANK", 0)), world_size,
+                   int(os.environ.get("LOCAL_RANK", 0)),
+                   int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
 
     def device(self, device: torch.device) -> torch.device:
         """Each rank on its own GPU (LOCAL_RANK); CPU ranks share the CPU."""
@@ -73,17 +99,16 @@ class Ranks:
     def start(self, device: torch.device, timeout_s: float = 7200.0) -> None:
         """Join the process group, once, when there is more than one process. A collective
         that waits longer than ``timeout_s`` for another rank fails (train.dist_timeout_s)."""
+        timeout = collective_timeout(timeout_s)
         if not self.distributed or dist.is_initialized():
             return
-        if timeout_s <= 0:
-            raise ConfigError(f"train.dist_timeout_s must be positive; got {timeout_s}")
         if device.type == "cuda":
             torch.cuda.set_device(device)
         # Ranks other than 0 wait in their next collective while rank 0 evaluates, draws
         # samples (a PixelCNN needs a pass per pixel) or saves: the default, 2 hours, is
         # far more than NCCL's own 10 minutes.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(seconds=timeout_s))
+                                timeout=timeout)
 
     @contextmanager
     def peers_explained(self, resume_command: str) -> Iterator[None]:
@@ -99,9 +124,9 @@ class Ranks:
             raise RankLost(
                 f"rank {self.rank}: another process of this run stopped, hung past "
                 f"train.dist_timeout_s or lost its connection ({line[:300]}). Every rank "
-                f"stops; checkpoints/last.pt holds the last checkpoint, whole. Find the "
-                f"cause in the other ranks' output (torchrun names the rank that failed "
-                f"first), then continue with: {resume_command}") from error
+                f"stops; checkpoints/last.pt, if one was written, holds the last checkpoint, "
+                f"whole. Find the cause in the other ranks' output (torchrun names the rank "
+                f"that failed first), then continue with: {resume_command}") from error
 
     def batch_slice(self, batch_size: int) -> slice:
         """This rank's part of a global batch of ``batch_size``."""

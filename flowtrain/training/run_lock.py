@@ -7,7 +7,8 @@ left is reported as taken over.
 
 Shared filesystems: flock on NFS (v4, or v3 with lockd) and on Lustre mounted with
 ``-o flock`` is seen by every node; where a filesystem has no flock at all, ``filelock``
-falls back to a lock file of its own. ``FLOWTRAIN_RUN_LOCK=off`` turns the lock off for a
+falls back to a lock file of its own, which a later process breaks only when its holder
+ran on the same host and is gone. ``FLOWTRAIN_RUN_LOCK=off`` turns the lock off for a
 filesystem whose locks hang or fail.
 """
 
@@ -38,7 +39,8 @@ _held: dict[Path, str | None] = {}
 
 
 class RunFolderBusy(FlowtrainError):
-    """Another live process writes the run folder."""
+    """The run folder cannot be had: another live process writes it, or its lock cannot
+    be taken at all."""
 
 
 def _owner_record() -> dict:
@@ -53,6 +55,15 @@ def _read_owner(run_dir: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return owner if isinstance(owner, dict) else None
+
+
+def _owner_soon(run_dir: Path, patience_s: float = 1.0) -> dict | None:
+    """The holder's record, waiting a moment for a holder that has just taken the lock and
+    not yet written it."""
+    deadline = time.monotonic() + patience_s
+    while (owner := _read_owner(run_dir)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return owner
 
 
 def _described(owner: dict | None) -> str:
@@ -88,12 +99,21 @@ def run_folder_lock(run_dir: Path, hold: bool = True, logging_ready: bool = True
     try:
         lock.acquire()
     except Timeout:
-        holder = _described(_read_owner(run_dir))
+        owner = _owner_soon(run_dir)
+        elsewhere = "" if owner is None or owner.get("host") == socket.gethostname() else (
+            f" If that machine went away, its lock ends with the filesystem's lease (about "
+            f"a minute and a half on NFSv4); where the filesystem has no file locks, delete "
+            f"{run_dir / LOCK_FILE}.")
         raise RunFolderBusy(
-            f"{run_dir} is being written by another flowtrain process ({holder}). "
+            f"{run_dir} is being written by another flowtrain process ({_described(owner)}). "
             f"Two writers would mix their checkpoints and curves. Wait for it to finish or "
             f"stop it, then run this again, or give this run another folder "
-            f"(hydra.run.dir=...).") from None
+            f"(hydra.run.dir=...).{elsewhere}") from None
+    except OSError as error:  # after Timeout, itself an OSError: locks refused, read-only
+        raise RunFolderBusy(
+            f"{run_dir}: the run folder's lock ({LOCK_FILE}) could not be taken: {error}. "
+            f"If this filesystem does not support locks and no other flowtrain process "
+            f"writes there, start with {OFF_SWITCH}=off.") from error
     try:
         left = _read_owner(run_dir)
         owed = None if left is None else (
@@ -111,14 +131,25 @@ def run_folder_lock(run_dir: Path, hold: bool = True, logging_ready: bool = True
         lock.release()
 
 
+# Flags with which Hydra only prints (the config, help, completion) and runs nothing.
+_INSPECT_ONLY = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve",
+                 "--shell-completion", "-sc"}
+
+
 def run_dir_named_in(argv: list[str]) -> Path | None:
     """The run folder a training command names (``hydra.run.dir=...``), which can be locked
     before Hydra writes its config and log there; None for a sweep, a task on a checkpoint,
-    a rank other than 0, or a folder Hydra picks itself (new and empty)."""
+    a rank other than 0, a command that only prints, a folder Hydra picks itself (new and
+    empty) or one it interpolates (``${now:...}``, known only once Hydra resolves it: that
+    run is locked when training starts)."""
     words = argv[1:]
     values = dict(word.split("=", 1) for word in words if "=" in word)
-    if ({"-m", "--multirun"} & set(words) or values.get("task", "train") != "train"
+    flags = {word.split("=", 1)[0] for word in words if word.startswith("-")}
+    if (flags & ({"-m", "--multirun"} | _INSPECT_ONLY)
+            or values.get("hydra.mode", "").upper() == "MULTIRUN"
+            or values.get("task", "train") != "train"
             or os.environ.get("RANK", "0") != "0"):
         return None
-    folder = values.get("hydra.run.dir") or values.get("+hydra.run.dir")
-    return Path(folder.strip("'\"")).expanduser() if folder else None
+    folder = (values.get("hydra.run.dir") or values.get("+hydra.run.dir") or "").strip("'\"")
+    # Hydra does not expand ~ either: hydra.run.dir=~/x is a folder named ~ in the cwd.
+    return Path(folder) if folder and "${" not in folder else None
