@@ -147,7 +147,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
                                   steps_per_epoch=max(1, len(data.train)
                                                       // cfg.train.batch_size)),
         batches=BatchStream(data.train, cfg.train.batch_size, seed=cfg.seed,
-                            hflip=data.hflip,
+                            hflip=data.hflip, shift=data.shift,
                             labels=data.labels.train if model.n_classes else None),
         device=device,
         # Copied before the trainer compiles the model, and before any checkpoint is loaded.

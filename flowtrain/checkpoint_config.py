@@ -39,12 +39,19 @@ _WHERE_NOT_WHAT = {"data.root", "data.download"}
 # such a checkpoint did, and the _target_s they belong to (None: any): it resumes when
 # the key has that value now (data.n_val=0, the training split whole, as before the
 # validation split; dequant.range=[0, 1], the only range before TarFlow's [-1, 1];
-# model.conditional=false, the only kind of image model before class-conditional ones).
-_CONDITIONAL_MODELS = tuple(schema._target_ for schema in SCHEMAS["model"].values()
-                            if "conditional" in schema.__dataclass_fields__)
+# model.conditional=false, the only kind of image model before class-conditional ones;
+# data.shift=0, no translations before Glow's).
+
+
+def _targets_with(group: str, key: str) -> tuple[str, ...]:
+    return tuple(schema._target_ for schema in SCHEMAS[group].values()
+                 if key in schema.__dataclass_fields__)
+
+
 _ADDED_SINCE = {"data.n_val": (0, None),
                 "dequant.range": ([0.0, 1.0], ("flowtrain.dequant.UniformDequantization",)),
-                "model.conditional": (False, _CONDITIONAL_MODELS)}
+                "model.conditional": (False, _targets_with("model", "conditional")),
+                "data.shift": (0.0, _targets_with("data", "shift"))}
 # task=eval|sample: what the saved weights are, which the command line may not change;
 # how to evaluate, which it may; and what belongs to this process, never to the checkpoint.
 _FIXED = ("model", "dequant")

@@ -208,6 +208,9 @@ class ImageArrayConfig:
     # of the file's training images; null: 10% of them; 0: none (no selection)
     n_val: Optional[int] = None  # noqa: UP045
     hflip: bool = False  # mirror training images left to right at random
+    # > 0: translate training images at random by up to this fraction of their height and
+    # width, bilinearly, as Glow does (its --dal 1: 0.1)
+    shift: float = 0.0
 
 
 @dataclass
@@ -219,6 +222,7 @@ class TorchvisionConfig:
     n_val: int = 5_000  # of the training images; 0: none (no selection)
     hflip: bool = False  # mirror training images left to right at random (RealNVP on CIFAR-10)
     bits: int = 8  # < 8: keep that many bits per value (Glow's 5-bit models); 2**bits levels
+    shift: float = 0.0  # > 0: random translations by up to this fraction of the size (Glow)
 
 
 @dataclass
@@ -229,6 +233,7 @@ class PhotoPatchesConfig:
     n_val: int = 50
     seed: int = 0
     hflip: bool = False
+    shift: float = 0.0  # > 0: random translations by up to this fraction of the size
 
 
 @dataclass
@@ -242,6 +247,7 @@ class ImageFolderConfig:
     n_val: Optional[int] = None  # noqa: UP045 - of the training images; null: 10%; 0: none
     seed: int = 0
     hflip: bool = False
+    shift: float = 0.0  # > 0: random translations by up to this fraction of the size
 
 
 @dataclass
@@ -252,6 +258,7 @@ class ImageNetConfig:
     format: ImageNetFormat = ImageNetFormat.auto  # auto | folders (2016) | npz (2017)
     n_val: int = 10_000  # of the training images; 0: none
     hflip: bool = False
+    shift: float = 0.0  # > 0: random translations by up to this fraction of the size
 
 
 @dataclass

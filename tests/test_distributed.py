@@ -21,7 +21,8 @@ TINY_REALNVP_DIGITS = ["data=digits", "model=realnvp", "model.n_filters=8", "mod
                        "train.checkpoint_every=10", "train.log_every=5", "device=cpu"]
 VARIATIONAL = ["dequant=variational", "dequant.n_couplings=2", "dequant.n_filters=6",
                "dequant.context_channels=2", "dequant.eval_samples=2",
-               "train.ema_decay=0.9"]  # the weight average, kept the same on every rank
+               "train.ema_decay=0.9",  # the weight average, kept the same on every rank
+               "model.conditional=true"]  # each rank's labels sliced with its images
 
 
 def torchrun(*args: str, cwd: Path, processes: int = 2, check: bool = True) -> str:
@@ -36,8 +37,9 @@ def torchrun(*args: str, cwd: Path, processes: int = 2, check: bool = True) -> s
 
 
 def test_two_processes_follow_one_process_and_resume(tmp_path):
-    """RealNVP (ActNorm's data-dependent init) with a learned dequantizer: two gloo
-    processes train as one process does at the same global batch, then resume."""
+    """Class-conditional RealNVP (ActNorm's data-dependent init) with a learned
+    dequantizer: two gloo processes train as one process does at the same global batch,
+    then resume."""
     torchrun(*TINY_REALNVP_DIGITS, *VARIATIONAL, cwd=tmp_path)
     # every rank composed its own config, yet they share one run folder
     (run_dir,) = (tmp_path / "outputs" / "torchrun").iterdir()

@@ -283,8 +283,9 @@ def test_image_flows_train_on_fake_cifar10_files(tmp_path, monkeypatch, model, s
                  "flowpp": TINY_FLOWPP, "tarflow": TINY_TARFLOW}[model]
     write_fake_cifar10(tmp_path / "data")
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    augmented = ["data.shift=0.1", "data.hflip=true"] if model == "realnvp" else []
     run_cli(*overrides, "data=cifar10", f"data.root={tmp_path / 'data'}", "data.n_val=4",
-            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+            *augmented, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     metrics = read_metrics(tmp_path / "run")
     assert np.isfinite(metrics["test_bpd"]) and metrics["steps"] == steps
     per_row = {"pixelcnn_arflow": 2}.get(model, 8)  # 64 samples, or 4

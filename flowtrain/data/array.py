@@ -56,7 +56,8 @@ class ArrayData(FlowData):
     ``n_val`` of the training examples are the validation split (None: 10% of them)."""
 
     def __init__(self, path: str, standardize: bool = True, levels: int | None = None,
-                 images: bool = False, n_val: int | None = None, hflip: bool = False):
+                 images: bool = False, n_val: int | None = None, hflip: bool = False,
+                 shift: float = 0.0):
         file = Path(path).expanduser()
         found = _load(file, path)
         for split in ("train", "test"):
@@ -97,13 +98,14 @@ class ArrayData(FlowData):
         train, val = carve_validation(splits["train"], n_val, file.name)
         super().__init__(train, splits["test"], name=file.name,
                          levels=image_levels if images else levels,
-                         standardize=standardize and not images, val=val, hflip=hflip)
+                         standardize=standardize and not images, val=val, hflip=hflip,
+                         shift=shift)
 
 
 class ImageArrayData(ArrayData):
     """``data=image_array data.path=FILE.npz``: integer images with ``levels`` values."""
 
     def __init__(self, path: str, levels: int = 256, n_val: int | None = None,
-                 hflip: bool = False):
+                 hflip: bool = False, shift: float = 0.0):
         super().__init__(path, standardize=False, levels=levels, images=True, n_val=n_val,
-                         hflip=hflip)
+                         hflip=hflip, shift=shift)

@@ -150,17 +150,18 @@ class FlowData:
 
     ``val`` (None when there is none) is what training evaluates and selects on; the test
     split is measured once, at the end. ``hflip`` asks for training images mirrored left
-    to right at random (for data where a mirror image is as likely). ``levels`` is the
-    number of discrete values per dimension for quantized data (None for continuous
-    data); ``standardize`` asks for a fixed affine map to zero mean and unit variance in
-    front of the model, whose log-det keeps the likelihood in data units. ``labels`` (None
-    for unlabelled data) are the examples' classes, split the same way, for class-conditional
-    flows.
+    to right at random (for data where a mirror image is as likely), ``shift`` for them
+    translated at random by up to that fraction of their size (Glow's augmentation).
+    ``levels`` is the number of discrete values per dimension for quantized data (None
+    for continuous data); ``standardize`` asks for a fixed affine map to zero mean and
+    unit variance in front of the model, whose log-det keeps the likelihood in data units.
+    ``labels`` (None for unlabelled data) are the examples' classes, split the same way,
+    for class-conditional flows.
     """
 
     def __init__(self, train: Tensor, test: Tensor, *, name: str,
                  levels: int | None = None, standardize: bool = False,
-                 val: Tensor | None = None, hflip: bool = False,
+                 val: Tensor | None = None, hflip: bool = False, shift: float = 0.0,
                  labels: Labels | None = None):
         splits = {"train": train, "test": test, **({"val": val} if val is not None else {})}
         for split, values in splits.items():
@@ -181,6 +182,7 @@ class FlowData:
         self.levels = levels
         self.standardize = standardize
         self.hflip = hflip  # training batches mirrored at random (data.hflip)
+        self.shift = shift  # and translated (data.shift)
         self.labels = labels  # None for unlabelled data
         # Which release of a data set this is, where releases differ in what they hold
         # (downsampled ImageNet); recorded in metrics.json as data_version.

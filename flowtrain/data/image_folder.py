@@ -158,7 +158,7 @@ class ImageFolderData(FlowData):
 
     def __init__(self, root: str, size: int = 32, channels: int = 3, n_test: int = 100,
                  test_root: str | None = None, n_val: int | None = None, seed: int = 0,
-                 hflip: bool = False):
+                 hflip: bool = False, shift: float = 0.0):
         if size < 2:
             raise DataError(f"data.size must be at least 2; got {size}")
         if channels not in _MODES:
@@ -197,5 +197,5 @@ class ImageFolderData(FlowData):
                  len(train), 0 if val is None else len(val), len(test), channels, size, size,
                  "unlabelled" if classes is None else f"{len(classes)} classes")
         super().__init__(train, test, name=name, levels=256, val=val, hflip=hflip,
-                         labels=labels)
+                         shift=shift, labels=labels)
         self.unlabelled_because = unlabelled_because or None

@@ -191,7 +191,7 @@ class DownsampledImageNet(FlowData):
 
     def __init__(self, root: str, size: int = 32,
                  format: ImageNetFormat | str = ImageNetFormat.auto,  # noqa: A002
-                 n_val: int = 10_000, hflip: bool = False):
+                 n_val: int = 10_000, hflip: bool = False, shift: float = 0.0):
         if size not in (32, 64):
             raise DataError(f"data.size must be 32 or 64; got {size}")
         folder = Path(root).expanduser()
@@ -232,7 +232,7 @@ class DownsampledImageNet(FlowData):
         train, val_split = carve_validation_in_place(splits["train"], n_val, name,
                                                      chunk=CARVE_CHUNK)
         super().__init__(train, splits["test"], name=name, levels=256, val=val_split,
-                         hflip=hflip, labels=labels)
+                         hflip=hflip, shift=shift, labels=labels)
         self.unlabelled_because = unlabelled_because
         self.version = VERSIONS[release]
         log.info("%s: the %s release, %d train, %d validation, %d test images", name,

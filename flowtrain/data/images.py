@@ -66,7 +66,7 @@ class TorchvisionImages(FlowData):
 
     def __init__(self, name: TorchvisionName | str, root: str = "data",
                  download: bool = False, n_val: int = 5000, hflip: bool = False,
-                 bits: int = 8):
+                 bits: int = 8, shift: float = 0.0):
         name = TorchvisionName(name)
         folder = Path(root).expanduser()
         dataset_class = _torchvision_class(name)
@@ -91,7 +91,7 @@ class TorchvisionImages(FlowData):
         labels = Labels.carved(targets["train"], targets["test"], dataset.classes, n_val,
                                name.value)
         super().__init__(train, splits["test"], name=name.value, levels=2**bits, val=val,
-                         hflip=hflip, labels=labels)
+                         hflip=hflip, shift=shift, labels=labels)
 
 
 class Digits(FlowData):
@@ -118,7 +118,7 @@ class PhotoPatches(FlowData):
     test and validation splits. Patches do not overlap, so no test pixel is trained on."""
 
     def __init__(self, size: int = 32, n_test: int = 100, n_val: int = 50, seed: int = 0,
-                 hflip: bool = False):
+                 hflip: bool = False, shift: float = 0.0):
         from sklearn.datasets import load_sample_images
 
         if size < 2:
@@ -126,7 +126,8 @@ class PhotoPatches(FlowData):
         patches = torch.cat([_patches(torch.from_numpy(photo.copy()), size)
                              for photo in load_sample_images().images])
         train, val, test = split_shuffled(patches, n_test, n_val, seed, "photo_patches")
-        super().__init__(train, test, name="photo_patches", levels=256, val=val, hflip=hflip)
+        super().__init__(train, test, name="photo_patches", levels=256, val=val, hflip=hflip,
+                         shift=shift)
 
 
 def _patches(photo: Tensor, size: int) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from flowtrain.errors import ConfigError
+from flowtrain.training.augment import check_shift, random_offsets, translated
 
 
 class BatchStream:
@@ -16,22 +17,26 @@ class BatchStream:
     Incomplete last batches are dropped so every step sees ``batch_size`` examples.
     ``hflip``: each image [C, H, W] is mirrored left to right with probability 1/2; the
     coin flips of an epoch are drawn with its order, so a resumed run replays them too.
+    ``shift`` > 0: each image is translated by up to that fraction of its height and width
+    (Glow's augmentation; ``augment.translated``), by offsets drawn with the order too.
     ``labels`` [N]: the examples' class labels, drawn with them (``next_labelled``).
     """
 
     def __init__(self, data: Tensor, batch_size: int, seed: int, hflip: bool = False,
-                 labels: Tensor | None = None):
+                 labels: Tensor | None = None, shift: float = 0.0):
         if batch_size > len(data):
             raise ConfigError(f"train.batch_size={batch_size} is larger than the training set "
                              f"({len(data)} examples); lower train.batch_size.")
         if hflip and data.ndim != 4:
             raise ConfigError(f"data.hflip mirrors images [N, C, H, W]; this data has shape "
                               f"{tuple(data.shape)}. Leave data.hflip=false.")
+        check_shift(shift, tuple(data.shape))
         if labels is not None and labels.shape != (len(data),):
             raise ValueError(f"labels of shape {tuple(labels.shape)} for {len(data)} examples")
         self.data = data
         self.labels = labels
         self.hflip = hflip
+        self.shift = shift
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
@@ -42,6 +47,8 @@ class BatchStream:
         self._order = torch.randperm(len(self.data), generator=self.generator)
         self._mirrored = (torch.rand(len(self.data), generator=self.generator) < 0.5
                           if self.hflip else None)
+        self._offsets = (random_offsets(len(self.data), *self.data.shape[-2:], self.shift,
+                                        self.generator) if self.shift > 0 else None)
         self._position = 0
 
     def next(self) -> Tensor:
@@ -57,10 +64,11 @@ class BatchStream:
         self._position += self.batch_size
         batch = self.data[index]
         labels = None if self.labels is None else self.labels[index]
-        if self._mirrored is None:
-            return batch, labels
-        return (torch.where(self._mirrored[index].view(-1, 1, 1, 1), batch.flip(-1), batch),
-                labels)
+        if self._offsets is not None:  # translated first, then mirrored, as Keras does
+            batch = translated(batch, self._offsets[index])
+        if self._mirrored is not None:
+            batch = torch.where(self._mirrored[index].view(-1, 1, 1, 1), batch.flip(-1), batch)
+        return batch, labels
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self._position,
