@@ -35,23 +35,29 @@ _SET_BY_CHOICES = ("model", "data", "dequant")
 # except for keys that say where the data lives rather than what it is.
 _FIXED_ON_RESUME = ("model", "data", "dequant")
 _WHERE_NOT_WHAT = {"data.root", "data.download"}
+
+
+def _targets_with(group: str, key: str) -> tuple[str, ...]:
+    """The _target_s of ``group``'s options whose schema has ``key``: an added key is
+    filled in only where it exists."""
+    return tuple(schema._target_ for schema in SCHEMAS[group].values()
+                 if key in schema.__dataclass_fields__)
+
+
 # Keys added to a group after checkpoints were written, with the value that means what
 # such a checkpoint did, and the _target_s they belong to (None: any): it resumes when
 # the key has that value now (data.n_val=0, the training split whole, as before the
 # validation split; dequant.range=[0, 1], the only range before TarFlow's [-1, 1];
 # model.conditional=false, the only kind of image model before class-conditional ones;
-# data.shift=0, no translations before Glow's).
-
-
-def _targets_with(group: str, key: str) -> tuple[str, ...]:
-    return tuple(schema._target_ for schema in SCHEMAS[group].values()
-                 if key in schema.__dataclass_fields__)
-
-
+# data.shift=0, no translations before Glow's; model.init and dequant.init=identity, Flow++'s
+# only initialization before the released one).
 _ADDED_SINCE = {"data.n_val": (0, None),
                 "dequant.range": ([0.0, 1.0], ("flowtrain.dequant.UniformDequantization",)),
                 "model.conditional": (False, _targets_with("model", "conditional")),
-                "data.shift": (0.0, _targets_with("data", "shift"))}
+                "data.shift": (0.0, _targets_with("data", "shift")),
+                "model.init": ("identity", _targets_with("model", "init")),
+                "dequant.init": ("identity", _targets_with("dequant", "init"))}
+
 # task=eval|sample: what the saved weights are, which the command line may not change;
 # how to evaluate, which it may; and what belongs to this process, never to the checkpoint.
 _FIXED = ("model", "dequant")
@@ -126,19 +132,34 @@ def _with_added_keys(saved: dict) -> dict:
     return completed
 
 
+def _override_value(value: Any) -> str:
+    """``value`` as a command-line override writes it ([0.0,1.0], not [0.0, 1.0])."""
+    if isinstance(value, list):
+        return "[" + ",".join(str(item) for item in value) + "]"
+    return str(value)
+
+
 def check_same_setup(saved: dict, current: dict, path: Path) -> None:
     """Refuse to resume into a different model, data set or dequantizer; warn when the
-    optimizer settings changed, since its saved state (learning rate included) wins."""
-    saved = _with_added_keys(saved)
+    optimizer settings changed, since its saved state (learning rate included) wins. A
+    key the run predates is named with the value that resumes it (a preset that sets it
+    now, such as experiment=glow_cifar10's data.shift, would otherwise refuse the run's
+    own resume command)."""
+    completed = _with_added_keys(saved)
     differences = [
         difference for group in _FIXED_ON_RESUME
-        for difference in config_differences(saved.get(group), current.get(group), group,
+        for difference in config_differences(completed.get(group), current.get(group), group,
                                              current_is="now")
         if difference.split(":")[0] not in _WHERE_NOT_WHAT]
     if differences:
+        predated = [f"{key}={_override_value(_get(completed, key))}" for key in _ADDED_SINCE
+                    if _get(saved, key) is None and _get(completed, key) is not None
+                    and any(difference.startswith(f"{key}:") for difference in differences)]
+        hint = (f" This run predates {', '.join(p.split('=')[0] for p in predated)}: add "
+                f"{' '.join(predated)} to resume it." if predated else "")
         raise CheckpointError(f"{path} was trained with another setup: "
                               f"{'; '.join(differences[:5])}. Resume with the same "
-                              f"model, data and dequant settings, or start a new run.")
+                              f"model, data and dequant settings, or start a new run.{hint}")
     optim_changes = config_differences(saved.get("optim"), current.get("optim"), "optim",
                                        current_is="now")
     if optim_changes:

@@ -22,6 +22,7 @@ from flowtrain.data.images import TorchvisionName
 from flowtrain.data.toy2d import Toy2DName
 from flowtrain.dequant import NoiseCoupling
 from flowtrain.flows.coupling import Block
+from flowtrain.flows.flowpp_network import FlowppInit
 from flowtrain.flows.glow import GlowNetwork
 from flowtrain.flows.glow_coupling import GlowCoupling
 from flowtrain.flows.mixture import Family
@@ -144,6 +145,9 @@ class FlowPlusPlusConfig:
     column_out: int = 3
     # p(x | class) on labelled data: the class labels condition the model (docs/CONFIG.md)
     conditional: bool = False
+    # identity: every coupling starts as the identity (zero output convolutions);
+    # released: the released data-dependent initialization of every layer
+    init: FlowppInit = FlowppInit.identity
 
 
 @dataclass
@@ -208,9 +212,7 @@ class ImageArrayConfig:
     # of the file's training images; null: 10% of them; 0: none (no selection)
     n_val: Optional[int] = None  # noqa: UP045
     hflip: bool = False  # mirror training images left to right at random
-    # > 0: translate training images at random by up to this fraction of their height and
-    # width, bilinearly, as Glow does (its --dal 1: 0.1)
-    shift: float = 0.0
+    shift: float = 0.0  # > 0: random translations by up to this fraction of the size (Glow: 0.1)
 
 
 @dataclass
@@ -222,7 +224,7 @@ class TorchvisionConfig:
     n_val: int = 5_000  # of the training images; 0: none (no selection)
     hflip: bool = False  # mirror training images left to right at random (RealNVP on CIFAR-10)
     bits: int = 8  # < 8: keep that many bits per value (Glow's 5-bit models); 2**bits levels
-    shift: float = 0.0  # > 0: random translations by up to this fraction of the size (Glow)
+    shift: float = 0.0  # > 0: random translations by up to this fraction of the size (Glow: 0.1)
 
 
 @dataclass
@@ -233,7 +235,7 @@ class PhotoPatchesConfig:
     n_val: int = 50
     seed: int = 0
     hflip: bool = False
-    shift: float = 0.0  # > 0: random translations by up to this fraction of the size
+    shift: float = 0.0  # > 0: random translations by up to this fraction of the size (Glow: 0.1)
 
 
 @dataclass
@@ -247,7 +249,7 @@ class ImageFolderConfig:
     n_val: Optional[int] = None  # noqa: UP045 - of the training images; null: 10%; 0: none
     seed: int = 0
     hflip: bool = False
-    shift: float = 0.0  # > 0: random translations by up to this fraction of the size
+    shift: float = 0.0  # > 0: random translations by up to this fraction of the size (Glow: 0.1)
 
 
 @dataclass
@@ -258,7 +260,7 @@ class ImageNetConfig:
     format: ImageNetFormat = ImageNetFormat.auto  # auto | folders (2016) | npz (2017)
     n_val: int = 10_000  # of the training images; 0: none
     hflip: bool = False
-    shift: float = 0.0  # > 0: random translations by up to this fraction of the size
+    shift: float = 0.0  # > 0: random translations by up to this fraction of the size (Glow: 0.1)
 
 
 @dataclass
@@ -267,6 +269,8 @@ class DigitsConfig:
     n_test: int = 297
     seed: int = 0
     n_val: int = 150  # of the 1500 training images; 0: none (no selection)
+    hflip: bool = False  # a mirrored digit is rarely a digit; for experiments
+    shift: float = 0.0  # > 0: random translations by up to this fraction of the size (Glow: 0.1)
 
 
 # --- dequantization ----------------------------------------------------------------------
@@ -316,6 +320,7 @@ class VariationalDequantConfig:
     n_components: int = 8
     heads: int = 4
     dropout: float = 0.0
+    init: FlowppInit = FlowppInit.identity  # identity | released, as model.init for flowpp
 
 
 # --- optimizer ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from flowtrain.errors import ConfigError
 from flowtrain.flows.base import Bijection, Compose, StandardNormal, image_shape
 from flowtrain.flows.coupling import AffineCoupling, ResNet, checkerboard_mask
 from flowtrain.flows.flowpp import check_network_options, on_column_halves
-from flowtrain.flows.flowpp_network import ContextNetwork
+from flowtrain.flows.flowpp_network import ContextNetwork, FlowppInit
 from flowtrain.flows.reshape import ColumnHalves
 
 
@@ -221,7 +221,8 @@ class VariationalDequantization(UniformDequantization):
     ``coupling=affine``: affine couplings with checkerboard masks, x through a ResNet
     encoder. ``coupling=mixture_logistic``: the released Flow++ dequantizer, its steps on
     column halves (``flowpp_steps``) with ``n_components``, ``heads`` and ``dropout``, x
-    through its gated-convolution context network."""
+    through its gated-convolution context network; ``init=released`` initializes both
+    networks on the first batch as released."""
 
     name = "variational"
 
@@ -230,7 +231,8 @@ class VariationalDequantization(UniformDequantization):
                  n_couplings: int = 4, n_filters: int = 32, n_blocks: int = 1,
                  context_channels: int = 16,
                  coupling: NoiseCoupling | str = NoiseCoupling.affine,
-                 n_components: int = 8, heads: int = 4, dropout: float = 0.0):
+                 n_components: int = 8, heads: int = 4, dropout: float = 0.0,
+                 init: FlowppInit | str = FlowppInit.identity):
         super().__init__(levels, logit_alpha, event_shape, eval_samples)
         channels, height, width = image_shape(event_shape, "dequant=variational",
                                               "Use dequant=uniform.")
@@ -239,6 +241,10 @@ class VariationalDequantization(UniformDequantization):
                               "dequant.context_channels must be at least 1, dequant.n_blocks "
                               "at least 0")
         self.coupling = NoiseCoupling(coupling)
+        init = FlowppInit(init)
+        if self.coupling is NoiseCoupling.affine and init is not FlowppInit.identity:
+            raise ConfigError("dequant.init=released is Flow++'s initialization of its "
+                              "networks; it needs dequant.coupling=mixture_logistic")
         if self.coupling is NoiseCoupling.affine:
             # Not zero-initialized: the couplings see informative features from the start.
             self.encoder = ResNet(channels, context_channels, n_filters, n_blocks,
@@ -255,10 +261,10 @@ class VariationalDequantization(UniformDequantization):
             check_network_options("dequant", n_filters, n_blocks, n_components, heads,
                                   dropout)
             self.encoder = ContextNetwork(2 * channels, context_channels,
-                                          FLOWPP_CONTEXT_BLOCKS, dropout)
+                                          FLOWPP_CONTEXT_BLOCKS, dropout, init)
             network = {"n_filters": n_filters, "n_blocks": n_blocks, "heads": heads,
                        "n_components": n_components, "dropout": dropout,
-                       "context_channels": context_channels}
+                       "context_channels": context_channels, "init": init}
             self.couplings = Compose(on_column_halves((channels, height, width), n_couplings,
                                                       network))
         self.base = StandardNormal(tuple(event_shape))

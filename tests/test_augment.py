@@ -18,11 +18,18 @@ from flowtrain.training.batches import BatchStream
 
 
 def _keras_glow_shift(image: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """One image [C, H, W] as keras_preprocessing's apply_affine_transform moves it (a
-    float32 image, scipy's affine_transform at order 1, mode 'nearest'), then Glow's
-    x_to_uint8 (floor, clip)."""
-    channels = [ndimage.affine_transform(channel.astype(np.float32), np.eye(2), offset,
-                                         order=1, mode="nearest") for channel in image]
+    """One image [C, H, W] as keras_preprocessing (2018) image.py moves it: the shift
+    matrix [[1, 0, tx], [0, 1, ty]] (tx along rows) centred by
+    ``transform_matrix_offset_center``, then scipy's affine_transform per channel of the
+    float32 image at order 1, mode 'nearest'; then Glow's x_to_uint8 (floor, clip)."""
+    height, width = image.shape[1:]
+    shift = np.array([[1, 0, offset[0]], [0, 1, offset[1]], [0, 0, 1]])
+    centre = np.array([[1, 0, height / 2 + 0.5], [0, 1, width / 2 + 0.5], [0, 0, 1]])
+    uncentre = np.array([[1, 0, -(height / 2 + 0.5)], [0, 1, -(width / 2 + 0.5)], [0, 0, 1]])
+    transform = centre @ shift @ uncentre
+    channels = [ndimage.affine_transform(channel.astype(np.float32), transform[:2, :2],
+                                         transform[:2, 2], order=1, mode="nearest")
+                for channel in image]
     return np.clip(np.floor(np.stack(channels)), 0, 255).astype(np.uint8)
 
 
@@ -90,5 +97,6 @@ def test_a_run_from_before_data_shift_resumes_without_it():
              "n_val": 5000}
     saved = {"model": {}, "data": cifar, "dequant": {}}
     check_same_setup(saved, {**saved, "data": {**cifar, "shift": 0.0}}, Path("last.pt"))
-    with pytest.raises(CheckpointError, match="data.shift: saved 0.0, now 0.1"):
+    with pytest.raises(CheckpointError, match=r"data.shift: saved 0.0, now 0.1.*predates "
+                                              r"data.shift: add data.shift=0.0 to resume"):
         check_same_setup(saved, {**saved, "data": {**cifar, "shift": 0.1}}, Path("last.pt"))

@@ -19,10 +19,13 @@ TINY_REALNVP_DIGITS = ["data=digits", "model=realnvp", "model.n_filters=8", "mod
                        "model.checkerboard_out=1", "train.steps=20", "train.batch_size=16",
                        "train.eval_every=10", "train.sample_every=10",
                        "train.checkpoint_every=10", "train.log_every=5", "device=cpu"]
-VARIATIONAL = ["dequant=variational", "dequant.n_couplings=2", "dequant.n_filters=6",
-               "dequant.context_channels=2", "dequant.eval_samples=2",
-               "train.ema_decay=0.9",  # the weight average, kept the same on every rank
-               "model.conditional=true"]  # each rank's labels sliced with its images
+# Everything beyond the model that every rank must draw or keep as one process would.
+RANK_SHARED_OPTIONS = [
+    "dequant=variational", "dequant.n_couplings=2", "dequant.n_filters=6",
+    "dequant.context_channels=2", "dequant.eval_samples=2",
+    "train.ema_decay=0.9",  # the weight average, kept the same on every rank
+    "model.conditional=true",  # each rank's labels sliced with its images
+    "data.shift=0.1", "data.hflip=true"]  # augmentation drawn for the global batch
 
 
 def torchrun(*args: str, cwd: Path, processes: int = 2, check: bool = True) -> str:
@@ -38,16 +41,16 @@ def torchrun(*args: str, cwd: Path, processes: int = 2, check: bool = True) -> s
 
 def test_two_processes_follow_one_process_and_resume(tmp_path):
     """Class-conditional RealNVP (ActNorm's data-dependent init) with a learned
-    dequantizer: two gloo processes train as one process does at the same global batch,
-    then resume."""
-    torchrun(*TINY_REALNVP_DIGITS, *VARIATIONAL, cwd=tmp_path)
+    dequantizer, on translated and mirrored images: two gloo processes train as one
+    process does at the same global batch, then resume."""
+    torchrun(*TINY_REALNVP_DIGITS, *RANK_SHARED_OPTIONS, cwd=tmp_path)
     # every rank composed its own config, yet they share one run folder
     (run_dir,) = (tmp_path / "outputs" / "torchrun").iterdir()
     assert list((tmp_path / "outputs").iterdir()) == [tmp_path / "outputs" / "torchrun"]
     assert "(2 processes)" in (run_dir / "flowtrain.log").read_text()
     first = read_metrics(run_dir)
     assert first["steps"] == 20
-    run_cli(*TINY_REALNVP_DIGITS, *VARIATIONAL, f"hydra.run.dir={tmp_path / 'single'}",
+    run_cli(*TINY_REALNVP_DIGITS, *RANK_SHARED_OPTIONS, f"hydra.run.dir={tmp_path / 'single'}",
             cwd=tmp_path)
     # DDP averages the model's gradients; the dequantizer's are averaged beside it. Each
     # rank's own half-batch gradients would leave its dequantizer 5e-4 away from one
@@ -70,7 +73,7 @@ def test_two_processes_follow_one_process_and_resume(tmp_path):
             assert step == single_step and a == pytest.approx(b, rel=1e-4), tag
     assert first["test_bpd"] == pytest.approx(read_metrics(tmp_path / "single")["test_bpd"],
                                               rel=1e-4)
-    output = torchrun(*TINY_REALNVP_DIGITS, *VARIATIONAL, "train.steps=30",
+    output = torchrun(*TINY_REALNVP_DIGITS, *RANK_SHARED_OPTIONS, "train.steps=30",
                       f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
     assert "at step 20" in output
     assert read_metrics(run_dir)["steps"] == 30
@@ -115,12 +118,13 @@ def test_only_the_process_groups_own_failures_are_reported_as_a_lost_rank():
     assert _a_collective_failed(RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection "
                                              "closed by peer [127.0.0.1]:4242"))
     assert _a_collective_failed(RuntimeError("Timed out waiting 5000ms for recv operation"))
+    assert not _a_collective_failed(RuntimeError("DataLoader timed out after 60 seconds"))
     assert not _a_collective_failed(CheckpointError("last.pt: saved under nccl, timed out"))
     assert not _a_collective_failed(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not _a_collective_failed(RuntimeError("DataLoader timeout while reading gloo.png"))
 
 
-@pytest.mark.parametrize("seconds", [0, -5, float("inf"), float("nan"), 1e300])
+@pytest.mark.parametrize("seconds", [0, 1e-9, -5, float("inf"), float("nan"), 1e300])
 def test_a_collective_timeout_that_no_clock_can_wait_is_refused(seconds):
     from flowtrain.errors import ConfigError
     from flowtrain.training.distributed import collective_timeout

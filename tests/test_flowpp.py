@@ -1,6 +1,7 @@
 """Flow++: what the shared bijection list (tests/test_bijections.py) does not cover: the
 mixture-logistic coupling's logit CDF and its inverse at sharp components, attention over
-all positions, dropout, the released parameter counts, and the CLI end to end."""
+all positions, dropout, the released data-dependent initialization, the released parameter
+counts, and the CLI end to end."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from flowtrain.dequant import VariationalDequantization
 from flowtrain.errors import ConfigError
 from flowtrain.flows.actnorm import ActNorm
 from flowtrain.flows.flowpp import RELEASED_MIN_LOG_SCALE, FlowPlusPlus, MixLogisticCoupling
-from flowtrain.flows.flowpp_network import FlowppNetwork
+from flowtrain.flows.flowpp_network import DataInitConv2d, FlowppNetwork
 from flowtrain.flows.mixture import ScalarMixture
 from flowtrain.flows.reshape import ColumnHalves, SpaceToDepth
 
@@ -158,6 +159,64 @@ def test_the_mixture_dequantizer_checks_its_network_options():
                                   coupling="mixture_logistic")
 
 
+def test_a_released_layer_starts_as_the_released_code_computes_it():
+    """flowpp's flows.py conv2d under VarConfig(init=True): W ~ N(0, 0.05^2), then
+    W * s / sqrt(v + 1e-8) and b = -m * s / sqrt(v + 1e-8) from the per-channel moments of
+    conv(x, W) on the first batch, computed here independently in float64."""
+    torch.manual_seed(0)
+    assert DataInitConv2d(64, 64, 3).weight.std().item() == pytest.approx(0.05, rel=0.02)
+    conv = DataInitConv2d(3, 5, 3, init_scale=0.1).double()
+    start = conv.weight.detach().clone()
+    x = torch.randn(16, 3, 6, 6, dtype=torch.float64) * 3 + 1
+    y = torch.nn.functional.conv2d(x, start, padding=1)
+    scale = 0.1 / (y.var(dim=(0, 2, 3), unbiased=False) + 1e-8).sqrt()
+    out = conv(x)
+    assert torch.allclose(conv.weight, start * scale.view(-1, 1, 1, 1), rtol=1e-12)
+    assert torch.allclose(conv.bias, -y.mean(dim=(0, 2, 3)) * scale, rtol=1e-12)
+    assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(5, dtype=torch.float64),
+                          atol=1e-12)
+    assert torch.allclose(out.std(dim=(0, 2, 3), unbiased=False),
+                          torch.full((5,), 0.1, dtype=torch.float64), rtol=1e-6)
+    initialized = conv.weight.detach().clone()
+    conv(x * 5)  # only the first batch
+    assert torch.equal(conv.weight, initialized)
+
+
+def test_a_released_flowpp_initializes_every_layer_once_and_stays_invertible():
+    torch.manual_seed(0)
+    options = {"n_filters": 8, "n_blocks": 1, "n_components": 3, "heads": 2,
+               "column_in": 1, "channelwise": 1, "column_out": 1, "init": "released"}
+    flow = FlowPlusPlus((1, 8, 8), **options).double()
+    layers = [module for module in flow.modules() if isinstance(module, DataInitConv2d)]
+    assert len(layers) == 3 * 6  # per coupling: in, 2 in the gated conv, 2 in attention, out
+    outputs = []
+    for layer in layers:  # the last layer of each network: its outputs at 0.1
+        if layer.init_scale == 0.1 and layer.kernel_size == (3, 3):
+            layer.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    x = torch.rand(32, 1, 8, 8, dtype=torch.float64)
+    flow.train()
+    flow.log_prob(x)
+    assert all(bool(layer.initialized) for layer in layers) and len(outputs) == 3
+    for output in outputs:
+        assert torch.allclose(output.std(dim=(0, 2, 3), unbiased=False),
+                              torch.full((output.shape[1],), 0.1, dtype=torch.float64),
+                              rtol=1e-4)
+    reloaded = FlowPlusPlus((1, 8, 8), **options).double()
+    reloaded.load_state_dict(flow.state_dict())
+    reloaded.train()
+    reloaded.log_prob(x * 0.5)  # a loaded model keeps its weights
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(),
+                                                 flow.state_dict().values(), strict=True))
+    flow.eval()
+    z, _ = flow(x)
+    assert torch.allclose(flow.inverse(z), x, atol=1e-5)  # the bisection's tolerance
+
+
+def test_the_released_initialization_is_for_the_mixture_dequantizer_only():
+    with pytest.raises(ConfigError, match="dequant.init=released.*mixture_logistic"):
+        VariationalDequantization(17, event_shape=(1, 4, 4), init="released")
+
+
 # The counts the released scripts state in their docstrings (flows/run_cifar.py:
 # "Params: 31,443,440"; flows/ablations/abl_nodequant.py: "Params: 32,324,408").
 RELEASED = {"flowpp_cifar10": 31_443_440, "flowpp_cifar10_uniform": 32_324_408}
@@ -190,12 +249,15 @@ TINY_FLOWPP = ["model=flowpp", "model.n_filters=4", "model.n_blocks=1",
                "train.steps=6", "train.batch_size=4", "train.eval_every=3",
                "train.sample_every=6", "train.checkpoint_every=3", "train.log_every=3",
                "train.eval_batch_size=64", "train.n_samples=4", "train.grad_clip=1.0",
-               "train.ema_decay=0.9", "optim.schedule=constant", "device=cpu"]
+               "train.ema_decay=0.9", "optim.schedule=constant", "device=cpu",
+               "model.init=released", "dequant.init=released"]
 
 
 def test_flowpp_trains_with_its_dequantizer_and_resumes_exactly(tmp_path):
-    """Dropout in both networks draws from the training RNG, and the EMA weights are what
-    evaluation uses: a resumed run must still give the very same numbers."""
+    """Dropout in both networks draws from the training RNG, the EMA weights are what
+    evaluation uses, and both networks start from the released data-dependent
+    initialization (once, not again on resuming): a resumed run must still give the very
+    same numbers."""
     whole, split = whole_and_resumed(tmp_path, TINY_FLOWPP, stop_at=3)
     assert whole["dequant_params"] > 0 and whole["eval_samples"] == 2
     assert math.isfinite(whole["test_bpd"]) and whole["test_bpd_iw"] <= whole["test_bpd"] + 1e-9

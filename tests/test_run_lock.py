@@ -75,8 +75,9 @@ def test_only_a_training_command_that_names_its_folder_locks_before_hydra(monkey
 
 
 @pytest.mark.parametrize("words", [
-    ["--cfg", "job"], ["-c", "job"], ["--help"], ["--hydra-help"], ["--info"],
-    ["--resolve", "--cfg", "job"], ["--shell-completion"], ["hydra.mode=MULTIRUN"]])
+    ["--cfg", "job"], ["-c", "job"], ["-cjob"], ["--cf", "job"], ["--help"], ["--hydra-help"],
+    ["--info"], ["--resolve", "--cfg", "job"], ["--shell-completion"], ["--multi"],
+    ["hydra.mode=MULTIRUN"], ["hydra.mode='MULTIRUN'"], ["--no-such-flag"]])
 def test_a_command_that_only_prints_or_sweeps_takes_no_lock(monkeypatch, words):
     monkeypatch.delenv("RANK", raising=False)
     assert run_dir_named_in(["flowtrain", *words, "hydra.run.dir=x"]) is None
@@ -88,8 +89,13 @@ def test_the_folder_is_the_one_hydra_will_use(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     assert run_dir_named_in(["flowtrain", "hydra.run.dir=out/${now:%H-%M-%S}"]) is None
     assert run_dir_named_in(["flowtrain", "hydra.run.dir=${oc.env:RUNS}/a"]) is None
-    assert run_dir_named_in(["flowtrain", "hydra.run.dir=~/runs/a"]) == Path("~/runs/a")
+    assert run_dir_named_in(["flowtrain", "hydra.run.dir=~/runs/a"]) is None  # Hydra refuses
+    assert run_dir_named_in(["flowtrain", "hydra.run.dir='~/runs/a'"]) == Path("~/runs/a")
     assert run_dir_named_in(["flowtrain", "hydra.run.dir='out/a b'"]) == Path("out/a b")
+    assert run_dir_named_in(["flowtrain", "hydra.run.dir= out/a"]) == Path("out/a")
+    assert run_dir_named_in(["flowtrain", "++hydra.run.dir=out/b"]) == Path("out/b")
+    assert run_dir_named_in(["flowtrain", "+hydra.run.dir=out/c"]) is None  # Hydra refuses
+    assert run_dir_named_in(["flowtrain", "hydra.run.dir=out/d", "task=eval"]) is None
 
 
 def test_a_lock_the_filesystem_refuses_names_the_off_switch(tmp_path, monkeypatch):
@@ -98,6 +104,14 @@ def test_a_lock_the_filesystem_refuses_names_the_off_switch(tmp_path, monkeypatc
 
     monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
     with pytest.raises(RunFolderBusy, match=f"{OFF_SWITCH}=off"), \
+            run_folder_lock(tmp_path / "run"):
+        pass
+
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", read_only)
+    with pytest.raises(RunFolderBusy, match="Make the folder writable"), \
             run_folder_lock(tmp_path / "run"):
         pass
     monkeypatch.setenv(OFF_SWITCH, "off")

@@ -219,8 +219,9 @@ def test_every_preset_composes_and_takes_overrides_on_top(preset, tmp_path):
     pinned = _pinned(preset)
     assert pinned["train"]["batch_size"] == cfg["train"]["batch_size"]
     assert pinned["optim"]["schedule"] == cfg["optim"]["schedule"]
-    for key, value in pinned.get("data", {}).items():  # augmentation too (Glow's shifts)
-        assert cfg["data"][key] == value, key
+    for group in ("model", "data"):  # augmentation and initialization too
+        for key, value in pinned.get(group, {}).items():
+            assert cfg[group][key] == value, f"{group}.{key}"
 
 
 # The parameter count each paper preset's model has on its data's image shape (also in

@@ -99,7 +99,8 @@ class Digits(FlowData):
     "9", a fixed split (the last ``n_test`` of a seeded permutation are the test set;
     ``n_val`` of the rest the validation set)."""
 
-    def __init__(self, n_test: int = 297, seed: int = 0, n_val: int = 150):
+    def __init__(self, n_test: int = 297, seed: int = 0, n_val: int = 150,
+                 hflip: bool = False, shift: float = 0.0):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -108,7 +109,8 @@ class Digits(FlowData):
         labels = Labels.shuffled(torch.as_tensor(digits.target, dtype=torch.int64),
                                  [str(digit) for digit in digits.target_names], n_test, n_val,
                                  seed, "digits")
-        super().__init__(train, test, name="digits", levels=17, val=val, labels=labels)
+        super().__init__(train, test, name="digits", levels=17, val=val, hflip=hflip,
+                         shift=shift, labels=labels)
 
 
 class PhotoPatches(FlowData):

@@ -17,6 +17,18 @@ from flowtrain.flows.base import Bijection
 _STD_EPSILON = 1e-6
 
 
+def batch_moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Mean and (biased) variance of ``x`` over ``dims``, over the global batch when it is
+    split across processes (all-reduced), so that a data-dependent initialization leaves
+    every process identical."""
+    mean, mean_square = x.mean(dim=dims), x.square().mean(dim=dims)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        stats = torch.stack([mean, mean_square])
+        torch.distributed.all_reduce(stats)
+        mean, mean_square = stats / torch.distributed.get_world_size()
+    return mean, mean_square - mean.square()
+
+
 class ActNorm(Bijection):
     """``size=(H, W)``: one scale and bias per channel and position, statistics over the
     batch alone (flowpp's flows.py ``Norm``); default: per channel (Glow's)."""
@@ -36,13 +48,8 @@ class ActNorm(Bijection):
         """Zero mean, unit variance per channel (or per element) on this batch
         (all-reduced when the batch is split across processes, so every process starts
         identical)."""
-        dims = (0,) if self.per_position else (0, 2, 3)
-        mean, mean_square = x.mean(dim=dims), x.square().mean(dim=dims)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            stats = torch.stack([mean, mean_square])
-            torch.distributed.all_reduce(stats)
-            mean, mean_square = stats / torch.distributed.get_world_size()
-        std = (mean_square - mean.square()).clamp_min(0).sqrt()
+        mean, variance = batch_moments(x, (0,) if self.per_position else (0, 2, 3))
+        std = variance.clamp_min(0).sqrt()
         self.bias.copy_(-mean.view_as(self.bias))
         self.log_scale.copy_(-torch.log(std + _STD_EPSILON).view_as(self.log_scale))
         self.initialized.fill_(True)

@@ -25,7 +25,7 @@ from flowtrain.flows.base import (
     image_shape,
 )
 from flowtrain.flows.conditioning import ClassEmbedding, class_count
-from flowtrain.flows.flowpp_network import FlowppNetwork
+from flowtrain.flows.flowpp_network import FlowppInit, FlowppNetwork
 from flowtrain.flows.invconv import DenseInvertibleConv1x1
 from flowtrain.flows.mixture import Family, ScalarMixture
 from flowtrain.flows.reshape import ColumnHalves, SpaceToDepth, SwapHalves
@@ -41,11 +41,13 @@ class MixLogisticCoupling(Bijection):
     also sees a context of that many channels (the variational dequantizer's).
     ``n_classes`` > 0: the context is the class labels, each turned into a learned
     vector of ``n_filters`` channels (the same at every position) that enters every block
-    of the network as the dequantizer's context does."""
+    of the network as the dequantizer's context does. ``init``: how the network starts
+    (``FlowppInit``)."""
 
     def __init__(self, n_channels: int, size: tuple[int, int], n_filters: int,
                  n_blocks: int, n_components: int, heads: int, dropout: float,
-                 context_channels: int = 0, n_classes: int = 0):
+                 context_channels: int = 0, n_classes: int = 0,
+                 init: FlowppInit = FlowppInit.identity):
         super().__init__()
         self.n_kept = n_channels // 2
         self.n_components = n_components
@@ -54,7 +56,8 @@ class MixLogisticCoupling(Bijection):
             context_channels = n_filters
         self.conditional = context_channels > 0
         self.network = FlowppNetwork(self.n_kept, self.n_kept * (2 + 3 * n_components), size,
-                                     n_filters, n_blocks, heads, dropout, context_channels)
+                                     n_filters, n_blocks, heads, dropout, context_channels,
+                                     init)
 
     def _transform(self, kept: Tensor, context: Tensor | None
                    ) -> tuple[ScalarMixture, Tensor, Tensor]:
@@ -153,12 +156,15 @@ class FlowPlusPlus(FlowModel):
     which moves no density, so the base is N(0, I) over the image's own shape.
     ``conditional``: p(x | class) with ``n_classes`` classes, a learned class vector fed
     to every coupling network through its context path (the released code has no
-    conditional model)."""
+    conditional model). ``init=released``: the released data-dependent initialization of
+    every network layer on the first training batch; ``identity`` (default): torch's
+    initialization with zero output convolutions, every coupling the identity at first."""
 
     def __init__(self, event_shape: tuple[int, ...], n_filters: int = 32, n_blocks: int = 2,
                  n_components: int = 8, heads: int = 4, dropout: float = 0.0,
                  column_in: int = 4, channelwise: int = 2, column_out: int = 3,
-                 conditional: bool = False, n_classes: int = 0):
+                 conditional: bool = False, n_classes: int = 0,
+                 init: FlowppInit | str = FlowppInit.identity):
         channels, height, width = image_shape(event_shape, "model=flowpp", FOR_POINTS)
         n_classes = class_count(conditional, n_classes, "model=flowpp")
         check_network_options("model", n_filters, n_blocks, n_components, heads, dropout)
@@ -170,7 +176,8 @@ class FlowPlusPlus(FlowModel):
                               f"so the height must be even and the width divisible by 4; got "
                               f"{height}x{width}. Pad or crop the images.")
         network = {"n_filters": n_filters, "n_blocks": n_blocks, "n_components": n_components,
-                   "heads": heads, "dropout": dropout, "n_classes": n_classes}
+                   "heads": heads, "dropout": dropout, "n_classes": n_classes,
+                   "init": FlowppInit(init)}
         squeezed = (4 * channels, height // 2, width // 2)
         layers = (on_column_halves((channels, height, width), column_in, network)
                   + [SpaceToDepth()]

@@ -17,11 +17,16 @@ from torch import Tensor
 from flowtrain.errors import ConfigError
 
 
-def check_shift(shift: float, data_shape: tuple[int, ...]) -> None:
-    """``data.shift`` is a fraction of an image's size, for images [N, C, H, W]."""
+def check_shift_range(shift: float) -> None:
+    """``data.shift`` is a fraction of an image's size; checked before any data is read."""
     if not 0.0 <= shift < 1.0:
         raise ConfigError(f"data.shift is a fraction of the image's height and width, in "
                           f"[0, 1) (Glow's is 0.1); got {shift}")
+
+
+def check_shift(shift: float, data_shape: tuple[int, ...]) -> None:
+    """``data.shift`` for data of this shape: images [N, C, H, W] only."""
+    check_shift_range(shift)
     if shift > 0 and len(data_shape) != 4:
         raise ConfigError(f"data.shift translates images [N, C, H, W]; this data has shape "
                           f"{tuple(data_shape)}. Leave data.shift=0.")
@@ -38,8 +43,8 @@ def _resampled(values: Tensor, offsets: Tensor, dim: int) -> Tensor:
     """Linear interpolation of ``values`` [N, C, H, W] (float64) along ``dim`` (2: rows,
     3: columns) at position + offset, coordinates beyond the border clamped to it."""
     length = values.shape[dim]
-    position = (torch.arange(length, dtype=torch.float64) + offsets[:, None]).clamp(
-        0, length - 1)  # [N, length]
+    position = (torch.arange(length, dtype=torch.float64, device=values.device)
+                + offsets[:, None]).clamp(0, length - 1)  # [N, length]
     below = position.floor()
     weight = position - below
     below = below.long()
@@ -57,7 +62,9 @@ def _resampled(values: Tensor, offsets: Tensor, dim: int) -> Tensor:
 def translated(images: Tensor, offsets: Tensor) -> Tensor:
     """``images`` [N, C, H, W] of integer values, each moved by its ``offsets`` [N, 2]
     (rows, columns; output pixel (i, j) reads the input at (i + rows, j + columns)),
-    bilinearly, rounded to float32 and floored as Glow does; in the images' dtype."""
+    bilinearly, rounded to float32 and floored as Glow does; in the images' dtype, on
+    their device."""
     values = images.to(torch.float64)
+    offsets = offsets.to(values.device, non_blocking=True)
     values = _resampled(_resampled(values, offsets[:, 0], 2), offsets[:, 1], 3)
     return values.float().floor().to(images.dtype)

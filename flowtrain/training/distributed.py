@@ -31,9 +31,11 @@ class RankLost(FlowtrainError):
 
 
 # What gloo says when a peer is gone or silent, in errors older torch raises as plain
-# RuntimeErrors (newer torch raises DistError subclasses, caught by type).
+# RuntimeErrors (newer torch raises DistError subclasses, caught by type). Not a bare
+# "timed out": CUDA launches and DataLoaders time out too.
 _PEER_FAILURES = ("connection reset", "connection closed", "connection refused",
-                  "broken pipe", "timed out", "pair closure")
+                  "broken pipe", "pair closure", "for recv operation",
+                  "for send operation", "gloo/transport")
 
 
 def _a_collective_failed(error: RuntimeError) -> bool:
@@ -50,9 +52,8 @@ def _a_collective_failed(error: RuntimeError) -> bool:
 def collective_timeout(seconds: float) -> timedelta:
     """train.dist_timeout_s as the process group takes it, checked on every run (not only
     under torchrun) so that a bad value is caught before the first multi-process job."""
-    if not 0 < seconds < math.inf:
-        raise ConfigError(f"train.dist_timeout_s must be a positive number of seconds; got "
-                          f"{seconds}")
+    if not 1 <= seconds < math.inf:
+        raise ConfigError(f"train.dist_timeout_s must be at least 1 second; got {seconds}")
     try:
         return timedelta(seconds=seconds)
     except OverflowError:
@@ -71,6 +72,7 @@ class Ranks:
 
     @property
     def nodes(self) -> int:
+        """How many machines the run spans (torchrun starts as many processes on each)."""
         return max(self.world_size // max(self.local_world_size, 1), 1)
 
     @property

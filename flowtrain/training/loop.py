@@ -276,10 +276,7 @@ class Trainer:
               as progress, logging_redirect_tqdm(), StopRequest() as stop):
             while state.step < cfg.steps and stopped_by is None:
                 step_start = time.perf_counter()
-                batch, labels = state.batches.next_labelled()
-                grad_norm = self.train_step(
-                    batch.to(self.device, non_blocking=True),
-                    None if labels is None else labels.to(self.device, non_blocking=True))
+                grad_norm = self.train_step(*state.batches.next_labelled(self.device))
                 clock.add(time.perf_counter() - step_start)
                 progress.update()
                 if self.due(cfg.log_every):

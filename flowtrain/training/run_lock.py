@@ -14,6 +14,8 @@ filesystem whose locks hang or fail.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
 import os
@@ -21,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
 from flowtrain.errors import FlowtrainError
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".flowtrain.lock"
 OWNER_FILE = ".flowtrain-owner.json"
 OFF_SWITCH = "FLOWTRAIN_RUN_LOCK"
+# What a filesystem without file locks answers flock with.
+_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP}
 
 # The folders this process holds (a folder locked before Hydra starts is not locked again
 # once Hydra names it), each with the warning its taking-over still owes the run's log:
@@ -109,11 +113,13 @@ def run_folder_lock(run_dir: Path, hold: bool = True, logging_ready: bool = True
             f"Two writers would mix their checkpoints and curves. Wait for it to finish or "
             f"stop it, then run this again, or give this run another folder "
             f"(hydra.run.dir=...).{elsewhere}") from None
-    except OSError as error:  # after Timeout, itself an OSError: locks refused, read-only
-        raise RunFolderBusy(
-            f"{run_dir}: the run folder's lock ({LOCK_FILE}) could not be taken: {error}. "
-            f"If this filesystem does not support locks and no other flowtrain process "
-            f"writes there, start with {OFF_SWITCH}=off.") from error
+    except OSError as error:  # after Timeout, itself an OSError
+        fix = (f"If this filesystem does not support locks and no other flowtrain process "
+               f"writes there, start with {OFF_SWITCH}=off." if error.errno in _NO_LOCKS
+               else "Make the folder writable, or give this run another one "
+                    "(hydra.run.dir=...).")
+        raise RunFolderBusy(f"{run_dir}: the run folder's lock ({LOCK_FILE}) could not be "
+                            f"taken: {error}. {fix}") from error
     try:
         left = _read_owner(run_dir)
         owed = None if left is None else (
@@ -131,25 +137,36 @@ def run_folder_lock(run_dir: Path, hold: bool = True, logging_ready: bool = True
         lock.release()
 
 
-# Flags with which Hydra only prints (the config, help, completion) and runs nothing.
-_INSPECT_ONLY = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve",
-                 "--shell-completion", "-sc"}
-
-
 def run_dir_named_in(argv: list[str]) -> Path | None:
     """The run folder a training command names (``hydra.run.dir=...``), which can be locked
     before Hydra writes its config and log there; None for a sweep, a task on a checkpoint,
-    a rank other than 0, a command that only prints, a folder Hydra picks itself (new and
-    empty) or one it interpolates (``${now:...}``, known only once Hydra resolves it: that
-    run is locked when training starts)."""
-    words = argv[1:]
-    values = dict(word.split("=", 1) for word in words if "=" in word)
-    flags = {word.split("=", 1)[0] for word in words if word.startswith("-")}
-    if (flags & ({"-m", "--multirun"} | _INSPECT_ONLY)
-            or values.get("hydra.mode", "").upper() == "MULTIRUN"
-            or values.get("task", "train") != "train"
-            or os.environ.get("RANK", "0") != "0"):
+    a rank other than 0, a command that only prints (``--cfg``, ``--help``, ``--info``, shell
+    completion), a folder Hydra picks itself (new and empty), one set in a config file, or
+    one it interpolates (``${now:...}``, known only once Hydra resolves it): those are
+    locked when training starts. The command line is read by Hydra's own parsers, so the
+    folder is the one Hydra will use; a line they refuse is left to Hydra to report."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    try:
+        with redirect_stderr(io.StringIO()):  # Hydra says it again, once, when it runs
+            args = get_args_parser().parse_args(argv[1:])
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except (SystemExit, HydraException):
         return None
-    folder = (values.get("hydra.run.dir") or values.get("+hydra.run.dir") or "").strip("'\"")
+    if (args.multirun or args.cfg or args.help or args.hydra_help or args.info
+            or args.shell_completion or os.environ.get("RANK", "0") != "0"):
+        return None
+    # +hydra.run.dir (ADD) is refused by Hydra, since the key exists; ~ deletes it
+    values = {override.key_or_group: override.value() for override in overrides
+              if override.type in (OverrideType.CHANGE, OverrideType.FORCE_ADD)}
+    if (str(values.get("hydra.mode", "")).upper() == "MULTIRUN"
+            or str(values.get("task", "train")) != "train"):
+        return None
+    folder = values.get("hydra.run.dir")
     # Hydra does not expand ~ either: hydra.run.dir=~/x is a folder named ~ in the cwd.
-    return Path(folder) if folder and "${" not in folder else None
+    if not isinstance(folder, (str, int, float)) or "${" in str(folder) or not str(folder):
+        return None
+    return Path(str(folder))
