@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from flowtrain.build import checkpoint_classes, checkpoint_shape, rebuild_from_checkpoint
+from flowtrain.checkpoint_config import with_added_keys
 from flowtrain.class_labels import labels_for
 from flowtrain.data.base import as_stored
 from flowtrain.errors import CheckpointError
@@ -194,6 +195,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> TrainedFlow:
     config = saved.get("config")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} holds no config to rebuild its model from.")
+    config = with_added_keys(config)  # an older checkpoint, as it was trained
     device = torch.device(device)
     model, preprocessing = rebuild_from_checkpoint(OmegaConf.create(config), saved, path,
                                                    device, fix=_FIX)

@@ -120,7 +120,7 @@ def config_differences(saved: Any, current: Any, key: str, current_is: str = "gi
     return [] if saved == current else [f"{key}: saved {saved!r}, {current_is} {current!r}"]
 
 
-def _with_added_keys(saved: dict) -> dict:
+def with_added_keys(saved: dict) -> dict:
     """``saved`` with each key of ``_ADDED_SINCE`` its group lacks set to what it meant."""
     completed = copy.deepcopy(saved)
     for key, (value, targets) in _ADDED_SINCE.items():
@@ -145,7 +145,7 @@ def check_same_setup(saved: dict, current: dict, path: Path) -> None:
     key the run predates is named with the value that resumes it (a preset that sets it
     now, such as experiment=glow_cifar10's data.shift, would otherwise refuse the run's
     own resume command)."""
-    completed = _with_added_keys(saved)
+    completed = with_added_keys(saved)
     differences = [
         difference for group in _FIXED_ON_RESUME
         for difference in config_differences(completed.get(group), current.get(group), group,
@@ -174,7 +174,7 @@ def check_held_out(saved: dict[str, Any], cfg: DictConfig, path: Path) -> None:
     which can hold examples the model trained on. (Other data was never trained on.)"""
     if cfg.eval.split != "val":
         return
-    stored = _with_added_keys(saved.get("config") or {}).get("data") or {}
+    stored = with_added_keys(saved.get("config") or {}).get("data") or {}
     given = OmegaConf.to_container(cfg.data, resolve=True)
     if stored.get("_target_") != given.get("_target_") or stored.get("n_val") == given.get(
             "n_val"):
@@ -195,7 +195,9 @@ def checkpoint_config(saved: dict[str, Any], cfg: DictConfig, typed: list[str],
         raise CheckpointError(f"{path} holds no config to rebuild its model from.")
     choices = saved.get("choices") or {}
     given = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    merged = copy.deepcopy(stored)
+    # keys added since it was written, with what they meant then (model.init=identity for
+    # an older Flow++: today's default would build another network than its weights fit)
+    merged = with_added_keys(stored)
     contradictions, ignored = [], []
     for override in OverridesParser.create().parse_overrides(typed):
         key = override.key_or_group

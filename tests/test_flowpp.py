@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO, read_metrics, run_cli, sample_four, whole_and_resumed
 from hydra.utils import instantiate
 
+import flowtrain
 from flowtrain.dequant import VariationalDequantization
 from flowtrain.errors import ConfigError
 from flowtrain.flows.actnorm import ActNorm
@@ -212,6 +213,25 @@ def test_a_released_flowpp_initializes_every_layer_once_and_stays_invertible():
     assert torch.allclose(flow.inverse(z), x, atol=1e-5)  # the bisection's tolerance
 
 
+def test_the_released_initialization_is_the_same_when_the_first_step_runs_in_bf16():
+    """Autocast keeps bf16 copies of the weights it cast: a layer rescaled inside it would
+    answer its first batch with the old weights and misinform every layer after it."""
+    from flowtrain.training.runtime import autocast
+
+    def initialized(precision: str) -> FlowPlusPlus:
+        torch.manual_seed(0)
+        flow = FlowPlusPlus((3, 4, 4), n_filters=8, n_blocks=1, n_components=3, heads=2,
+                            column_in=1, channelwise=1, column_out=1)
+        with autocast(torch.device("cpu"), precision):
+            flow.log_prob(torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(1)))
+        return flow
+
+    in_bf16, in_fp32 = initialized("bf16"), initialized("fp32")
+    for (name, value), reference in zip(in_bf16.named_parameters(), in_fp32.parameters(),
+                                        strict=True):
+        assert torch.allclose(value, reference, rtol=0.05, atol=1e-3), name  # bf16 noise
+
+
 def test_the_released_initialization_is_for_the_mixture_dequantizer_only():
     with pytest.raises(ConfigError, match="dequant.init=released.*mixture_logistic"):
         VariationalDequantization(17, event_shape=(1, 4, 4), init="released")
@@ -274,3 +294,23 @@ def test_flowpp_trains_with_its_dequantizer_and_resumes_exactly(tmp_path):
         p.numel() for p in FlowPlusPlus((1, 8, 8), n_filters=4, n_blocks=1, n_components=2,
                                         heads=2, column_in=1, channelwise=1,
                                         column_out=1).parameters())
+
+
+def test_a_checkpoint_from_before_model_init_is_rebuilt_as_it_was_trained(tmp_path):
+    """A Flow++ checkpoint written before model.init (and dequant.init) has neither key:
+    it meant identity. task=eval rebuilds it so, not with today's released default (whose
+    layers carry an extra buffer and would not take its weights), and reproduces the run."""
+    import json
+
+    run_dir = tmp_path / "run"
+    run_cli(*TINY_FLOWPP, "model.init=identity", "dequant.init=identity", "train.steps=2",
+            "train.eval_every=2", "train.sample_every=2", "train.checkpoint_every=2",
+            f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    del saved["config"]["model"]["init"], saved["config"]["dequant"]["init"]
+    old = tmp_path / "old.pt"
+    torch.save(saved, old)
+    run_cli("task=eval", f"ckpt={old}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["test_bpd"] == pytest.approx(read_metrics(run_dir)["test_bpd"], abs=1e-6)
+    assert flowtrain.load(old).sample(2).shape == (2, 1, 8, 8)  # the Python API too

@@ -156,15 +156,16 @@ class FlowPlusPlus(FlowModel):
     which moves no density, so the base is N(0, I) over the image's own shape.
     ``conditional``: p(x | class) with ``n_classes`` classes, a learned class vector fed
     to every coupling network through its context path (the released code has no
-    conditional model). ``init=released``: the released data-dependent initialization of
-    every network layer on the first training batch; ``identity`` (default): torch's
-    initialization with zero output convolutions, every coupling the identity at first."""
+    conditional model). ``init=released`` (default): the released data-dependent
+    initialization of every network layer on the first training batch; ``identity``:
+    torch's initialization with zero output convolutions, every coupling the identity at
+    first."""
 
     def __init__(self, event_shape: tuple[int, ...], n_filters: int = 32, n_blocks: int = 2,
                  n_components: int = 8, heads: int = 4, dropout: float = 0.0,
                  column_in: int = 4, channelwise: int = 2, column_out: int = 3,
                  conditional: bool = False, n_classes: int = 0,
-                 init: FlowppInit | str = FlowppInit.identity):
+                 init: FlowppInit | str = FlowppInit.released):
         channels, height, width = image_shape(event_shape, "model=flowpp", FOR_POINTS)
         n_classes = class_count(conditional, n_classes, "model=flowpp")
         check_network_options("model", n_filters, n_blocks, n_components, heads, dropout)

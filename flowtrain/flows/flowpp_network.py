@@ -71,9 +71,14 @@ class DataInitConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and not self._initialized_seen:
-            if not self.initialized:
-                self.initialize(x)
             self._initialized_seen = True
+            if not self.initialized:
+                # In full precision, outside autocast: its cache of bf16 weight copies
+                # would still hold the weights from before the rescaling.
+                with torch.autocast(x.device.type, enabled=False):
+                    x = x.to(torch.promote_types(x.dtype, self.weight.dtype))
+                    self.initialize(x)
+                    return super().forward(x)
         return super().forward(x)
 
 
