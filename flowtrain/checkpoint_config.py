@@ -197,7 +197,8 @@ def checkpoint_config(saved: dict[str, Any], cfg: DictConfig, typed: list[str],
     given = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     # keys added since it was written, with what they meant then (model.init=identity for
     # an older Flow++: today's default would build another network than its weights fit)
-    merged = with_added_keys(stored)
+    completed = with_added_keys(stored)
+    merged = copy.deepcopy(completed)
     contradictions, ignored = [], []
     for override in OverridesParser.create().parse_overrides(typed):
         key = override.key_or_group
@@ -220,9 +221,9 @@ def checkpoint_config(saved: dict[str, Any], cfg: DictConfig, typed: list[str],
                     contradictions.append(f"{key}: saved {choices[key]}, "
                                           f"given {override.value()}")
             else:  # an older checkpoint without its options: compare every key
-                contradictions += config_differences(stored.get(key), given.get(key), key)
+                contradictions += config_differences(completed.get(key), given.get(key), key)
         elif group in _FIXED:
-            contradictions += config_differences(_get(stored, key), _get(given, key), key)
+            contradictions += config_differences(_get(completed, key), _get(given, key), key)
         else:
             ignored.append(key)
     if contradictions:

@@ -261,7 +261,7 @@ class VariationalDequantization(UniformDequantization):
             check_network_options("dequant", n_filters, n_blocks, n_components, heads,
                                   dropout)
             self.encoder = ContextNetwork(2 * channels, context_channels,
-                                          FLOWPP_CONTEXT_BLOCKS, dropout, init)
+                                          FLOWPP_CONTEXT_BLOCKS, dropout, init=init)
             network = {"n_filters": n_filters, "n_blocks": n_blocks, "heads": heads,
                        "n_components": n_components, "dropout": dropout,
                        "context_channels": context_channels, "init": init}

@@ -2,8 +2,9 @@
 
 Both rebuild the model from the config stored in the checkpoint
 (``flowtrain.checkpoint_config``), load its weights, and write into the run folder:
-``eval.json``, or the samples (``samples.npz``), their picture and, for image flows, a
-latent interpolation between test images.
+``eval.json`` with every example's NLL (``eval_examples.npz``) and pictures of them, or
+the samples (``samples.npz``), their picture and, for image flows, a latent
+interpolation between test images.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ from flowtrain.class_labels import MAX_CLASS_ROWS, class_rows, labels_for
 from flowtrain.config import SampleConfig, Split, Task
 from flowtrain.data.base import FlowData, as_stored
 from flowtrain.errors import ConfigError, DataError, user_error_in
+from flowtrain.example_pictures import extremes_figure, likelihood_histogram
 from flowtrain.flows.base import FlowModel
 from flowtrain.latent import interpolate
-from flowtrain.likelihood import Preprocessing
+from flowtrain.likelihood import Preprocessing, bits_per_dim
 from flowtrain.training.checkpoint import load_checkpoint
 from flowtrain.training.evaluation import (
-    evaluate_split,
     evaluation_generator,
     evaluation_mode,
+    split_evaluation,
 )
 from flowtrain.training.figures import figures_for, image_grid, save_picture
 from flowtrain.training.runtime import seed_everything, select_device
@@ -130,7 +132,7 @@ def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
     split = Split(restored.cfg.eval.split).value
     data = restored.data
     points = data.split(split)  # a missing validation split is refused before any work
-    metrics = evaluate_split(
+    metrics, examples = split_evaluation(
         restored.model, restored.preprocessing, data, split,
         batch_size=restored.cfg.train.eval_batch_size, device=restored.device,
         seed=restored.cfg.seed, progress=True)
@@ -147,10 +149,37 @@ def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
         "wall_s": time.perf_counter() - started,
     }
     (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    written = save_examples(data, split, examples, run_dir)
     key = f"{split}_{data.reported_as}"
-    log.info("%s: %.4f %s on %s (%d examples), checkpoint at step %d; eval.json is in %s",
-             split, results[key], data.unit, data.name, len(points), restored.step, run_dir)
+    log.info("%s: %.4f %s on %s (%d examples), checkpoint at step %d; eval.json, %s are "
+             "in %s", split, results[key], data.unit, data.name, len(points), restored.step,
+             ", ".join(written), run_dir)
     return results[key]
+
+
+def save_examples(data: FlowData, split: str, examples: dict[str, torch.Tensor],
+                  run_dir: Path) -> list[str]:
+    """eval_examples.npz (every example's NLL in nats, and bits/dim for quantized data,
+    in the split's order, with its label where the data has them), the histogram of the
+    values eval.json averages and, for images, the most and least likely examples; the
+    files written."""
+    values = {name: value.numpy() for name, value in examples.items()}
+    if data.discrete:
+        values |= {name.replace("nll", "bpd"): bits_per_dim(value, data.n_dims).numpy()
+                   for name, value in examples.items()}
+    labels = data.split_labels(split)
+    np.savez(run_dir / "eval_examples.npz", **values,
+             **({} if labels is None else {"labels": labels.numpy()}))
+    shown = examples["nll"] if not data.discrete else bits_per_dim(examples["nll"],
+                                                                   data.n_dims)
+    what = f"{data.name}, {split} split ({len(shown)} examples)"
+    pictures = {"eval_histogram": likelihood_histogram(shown, data.unit, what)}
+    points = data.split(split)
+    if points.ndim == 4 and data.discrete:
+        pictures["eval_extremes"] = extremes_figure(points, shown, data.levels, data.unit)
+    for name, picture in pictures.items():
+        save_picture(picture, run_dir / f"{name}.png")
+    return ["eval_examples.npz", *(f"{name}.png" for name in pictures)]
 
 
 def check_sample_config(cfg: SampleConfig) -> None:

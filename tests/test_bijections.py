@@ -256,10 +256,11 @@ CASES = {
                                               normal(3, 2, 2)),
     "mix_logistic_coupling": Case(
         lambda: MixLogisticCoupling(4, (2, 3), n_filters=4, n_blocks=1, n_components=3,
-                                    heads=2, dropout=0.0), normal(4, 2, 3)),
+                                    heads=2, dropout=0.0, init="released"), normal(4, 2, 3)),
     "mix_logistic_coupling-context": Case(
         lambda: MixLogisticCoupling(2, (3, 2), n_filters=4, n_blocks=2, n_components=2,
-                                    heads=1, dropout=0.0, context_channels=2),
+                                    heads=1, dropout=0.0, context_channels=2,
+                                    init="identity"),
         normal(2, 3, 2), context=normal(2, 3, 2)),
     # the context goes through a composition (and a multi-scale half) to every part;
     # the unconditional ones ignore it

@@ -5,6 +5,7 @@ counts, and the CLI end to end."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -21,6 +22,7 @@ from flowtrain.flows.flowpp import RELEASED_MIN_LOG_SCALE, FlowPlusPlus, MixLogi
 from flowtrain.flows.flowpp_network import DataInitConv2d, FlowppNetwork
 from flowtrain.flows.mixture import ScalarMixture
 from flowtrain.flows.reshape import ColumnHalves, SpaceToDepth
+from flowtrain.training.runtime import autocast
 
 
 def _mixture(log_scale: float) -> ScalarMixture:
@@ -62,7 +64,7 @@ def test_a_sharp_coupling_round_trips():
     flat to float64 precision, and no bisection can tell points apart there)."""
     torch.manual_seed(0)
     coupling = MixLogisticCoupling(2, (2, 4), n_filters=4, n_blocks=1, n_components=3,
-                                   heads=2, dropout=0.0).double().eval()
+                                   heads=2, dropout=0.0, init="identity").double().eval()
     with torch.no_grad():  # the output bias alone sets the parameters: a = 0.3, b = -0.2
         bias = coupling.network.output.bias
         bias[:2] = torch.tensor([0.3, -0.2], dtype=torch.float64)
@@ -121,7 +123,8 @@ def test_attention_lets_every_position_see_every_other():
     """One block: convolutions alone reach 3 pixels; the far corner of an 8x8 map still
     changes the output at the first pixel, through attention with no mask."""
     torch.manual_seed(0)
-    network = FlowppNetwork(1, 2, (8, 8), n_filters=4, n_blocks=1, heads=2, dropout=0.0)
+    network = FlowppNetwork(1, 2, (8, 8), n_filters=4, n_blocks=1, heads=2, dropout=0.0,
+                            init="identity")
     torch.nn.init.normal_(network.output.weight, std=0.1)
     x = torch.randn(1, 1, 8, 8, requires_grad=True)
     network(x)[0, :, 0, 0].sum().backward()
@@ -216,8 +219,6 @@ def test_a_released_flowpp_initializes_every_layer_once_and_stays_invertible():
 def test_the_released_initialization_is_the_same_when_the_first_step_runs_in_bf16():
     """Autocast keeps bf16 copies of the weights it cast: a layer rescaled inside it would
     answer its first batch with the old weights and misinform every layer after it."""
-    from flowtrain.training.runtime import autocast
-
     def initialized(precision: str) -> FlowPlusPlus:
         torch.manual_seed(0)
         flow = FlowPlusPlus((3, 4, 4), n_filters=8, n_blocks=1, n_components=3, heads=2,
@@ -230,6 +231,23 @@ def test_the_released_initialization_is_the_same_when_the_first_step_runs_in_bf1
     for (name, value), reference in zip(in_bf16.named_parameters(), in_fp32.parameters(),
                                         strict=True):
         assert torch.allclose(value, reference, rtol=0.05, atol=1e-3), name  # bf16 noise
+
+
+def test_a_class_path_that_starts_at_zero_keeps_its_weights():
+    """A conditional Flow++'s class embedding starts at zero, so the layer that reads it
+    sees no variance on the first batch: rescaled anyway it would grow 10,000-fold."""
+    torch.manual_seed(0)
+    flow = FlowPlusPlus((1, 4, 4), n_filters=4, n_blocks=1, n_components=2, heads=2,
+                        column_in=1, channelwise=0, column_out=0, conditional=True,
+                        n_classes=3)
+    from_context = [module.from_context for module in flow.modules()
+                    if getattr(module, "from_context", None) is not None]
+    before = [layer.weight.detach().clone() for layer in from_context]
+    flow.log_prob(torch.rand(16, 1, 4, 4), torch.arange(16) % 3)
+    assert from_context and all(bool(layer.initialized) for layer in from_context)
+    for layer, weight in zip(from_context, before, strict=True):
+        assert torch.equal(layer.weight, weight) and torch.equal(layer.bias,
+                                                                 torch.zeros_like(layer.bias))
 
 
 def test_the_released_initialization_is_for_the_mixture_dequantizer_only():
@@ -300,8 +318,6 @@ def test_a_checkpoint_from_before_model_init_is_rebuilt_as_it_was_trained(tmp_pa
     """A Flow++ checkpoint written before model.init (and dequant.init) has neither key:
     it meant identity. task=eval rebuilds it so, not with today's released default (whose
     layers carry an extra buffer and would not take its weights), and reproduces the run."""
-    import json
-
     run_dir = tmp_path / "run"
     run_cli(*TINY_FLOWPP, "model.init=identity", "dequant.init=identity", "train.steps=2",
             "train.eval_every=2", "train.sample_every=2", "train.checkpoint_every=2",
@@ -314,3 +330,6 @@ def test_a_checkpoint_from_before_model_init_is_rebuilt_as_it_was_trained(tmp_pa
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert result["test_bpd"] == pytest.approx(read_metrics(run_dir)["test_bpd"], abs=1e-6)
     assert flowtrain.load(old).sample(2).shape == (2, 1, 8, 8)  # the Python API too
+    # naming the value it predates (as a refused resume suggests) is no contradiction
+    run_cli("task=eval", f"ckpt={old}", "model.init=identity",
+            f"hydra.run.dir={tmp_path / 'eval-named'}", cwd=tmp_path)

@@ -56,11 +56,19 @@ def points_run(tmp_path_factory):
 
 def test_eval_reproduces_the_runs_own_test_bpd(image_run, tmp_path):
     metrics = read_metrics(image_run)
-    result = _eval_json(_task(image_run, tmp_path / "eval", "eval"))
+    out = _task(image_run, tmp_path / "eval", "eval")
+    result = _eval_json(out)
     assert result["step"] == metrics["steps"]
     assert result["n_test"] == 297 and result["data"] == "digits"
     assert result["test_bpd"] == pytest.approx(metrics["test_bpd"], abs=1e-6)
     assert result["test_nll"] == pytest.approx(metrics["test_nll"], abs=1e-5)
+    # every example's number, in the split's order, with its label: what eval.json averages
+    examples = np.load(out / "eval_examples.npz")
+    assert examples["bpd"].shape == examples["nll"].shape == (297,)
+    assert examples["bpd"].mean() == pytest.approx(result["test_bpd"], abs=1e-9)
+    assert np.array_equal(examples["labels"], Digits().labels.test.numpy())
+    assert (out / "eval_histogram.png").stat().st_size > 0
+    assert (out / "eval_extremes.png").stat().st_size > 0
 
 
 def test_eval_of_the_validation_split_reproduces_the_runs_val_bpd(realnvp_run, tmp_path):
@@ -78,6 +86,11 @@ def test_eval_of_points_reproduces_the_run_and_the_true_nll(points_run, tmp_path
         assert result[key] == pytest.approx(metrics[key], abs=1e-6), key
     # continuous points are reported in nats per point: bits/dim are no code length there
     assert not [key for key in (*result, *metrics) if "bpd" in key]
+    examples = np.load(tmp_path / "eval" / "eval_examples.npz")
+    assert set(examples.files) == {"nll"}
+    assert examples["nll"].mean() == pytest.approx(result["test_nll"], abs=1e-9)
+    assert (tmp_path / "eval" / "eval_histogram.png").exists()
+    assert not (tmp_path / "eval" / "eval_extremes.png").exists()  # points: no images
 
 
 def test_eval_on_other_data_of_the_same_shape(realnvp_run, tmp_path):

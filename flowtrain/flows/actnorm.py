@@ -12,26 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from flowtrain.flows.base import Bijection
+from flowtrain.flows.data_init import InitializedOnFirstBatch, batch_moments
 
 # Keeps a constant channel (MNIST's borders) from dividing by zero at initialization.
 _STD_EPSILON = 1e-6
 
 
-def batch_moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """Mean and (biased) variance of ``x`` over ``dims``, over the global batch when it is
-    split across processes (all-reduced), so that a data-dependent initialization leaves
-    every process identical. In float32 at least: a network's bf16 outputs would lose the
-    variance to cancellation in mean(x^2) - mean(x)^2, and a layer scaled by it blows up."""
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
-    mean, mean_square = x.mean(dim=dims), x.square().mean(dim=dims)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        stats = torch.stack([mean, mean_square])
-        torch.distributed.all_reduce(stats)
-        mean, mean_square = stats / torch.distributed.get_world_size()
-    return mean, mean_square - mean.square()
-
-
-class ActNorm(Bijection):
+class ActNorm(Bijection, InitializedOnFirstBatch):
     """``size=(H, W)``: one scale and bias per channel and position, statistics over the
     batch alone (flowpp's flows.py ``Norm``); default: per channel (Glow's)."""
 
@@ -41,9 +28,6 @@ class ActNorm(Bijection):
         self.per_position = size is not None
         self.bias = nn.Parameter(torch.zeros(shape))
         self.log_scale = nn.Parameter(torch.zeros(shape))
-        self.register_buffer("initialized", torch.tensor(False))
-        # Python-side copy of the buffer, so the check costs no GPU sync on every step.
-        self._initialized_seen = False
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -56,15 +40,9 @@ class ActNorm(Bijection):
         self.log_scale.copy_(-torch.log(std + _STD_EPSILON).view_as(self.log_scale))
         self.initialized.fill_(True)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._initialized_seen = False  # read the loaded buffer on the next forward
-
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and not self._initialized_seen:
-            if not self.initialized:
-                self.initialize(x)
-            self._initialized_seen = True
+        if self.needs_initializing():
+            self.initialize(x)
         z = (x + self.bias) * torch.exp(self.log_scale)
         positions = 1 if self.per_position else x.shape[2] * x.shape[3]
         log_det = self.log_scale.sum() * positions

@@ -46,8 +46,7 @@ class MixLogisticCoupling(Bijection):
 
     def __init__(self, n_channels: int, size: tuple[int, int], n_filters: int,
                  n_blocks: int, n_components: int, heads: int, dropout: float,
-                 context_channels: int = 0, n_classes: int = 0,
-                 init: FlowppInit = FlowppInit.identity):
+                 context_channels: int = 0, n_classes: int = 0, *, init: FlowppInit | str):
         super().__init__()
         self.n_kept = n_channels // 2
         self.n_components = n_components
@@ -57,7 +56,7 @@ class MixLogisticCoupling(Bijection):
         self.conditional = context_channels > 0
         self.network = FlowppNetwork(self.n_kept, self.n_kept * (2 + 3 * n_components), size,
                                      n_filters, n_blocks, heads, dropout, context_channels,
-                                     init)
+                                     init=init)
 
     def _transform(self, kept: Tensor, context: Tensor | None
                    ) -> tuple[ScalarMixture, Tensor, Tensor]:

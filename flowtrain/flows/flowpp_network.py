@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowtrain.flows.actnorm import batch_moments
+from flowtrain.flows.data_init import InitializedOnFirstBatch, batch_moments
 
 # flowpp's flows.py: pos_emb ~ N(0, 0.01^2); layernorm's epsilon.
 _POSITION_STD = 0.01
@@ -30,7 +30,7 @@ _LAYER_NORM_EPS = 1e-5
 # init_scale) to 0.1, the rest to 1.
 _RELEASED_WEIGHT_STD = 0.05
 _RELEASED_VARIANCE_EPS = 1e-8
-GATED_INIT_SCALE = 0.1
+OUTPUT_INIT_SCALE = 0.1
 
 
 class FlowppInit(str, Enum):
@@ -40,13 +40,14 @@ class FlowppInit(str, Enum):
     released = "released"  # the released data-dependent initialization
 
 
-class DataInitConv2d(nn.Conv2d):
+class DataInitConv2d(nn.Conv2d, InitializedOnFirstBatch):
     """A convolution initialized as the released code initializes its layers: weights
     N(0, 0.05^2), and on the first training batch every output channel rescaled to
     variance ``init_scale`` squared and zero mean (statistics all-reduced across
-    processes, so every process starts identical). Before that batch, the outputs are
-    not meant to be used; a model loaded from a checkpoint carries its ``initialized``
-    flag."""
+    processes, so every process starts identical). A channel whose outputs do not vary
+    on that batch (an input that is still constant, such as a zero-initialized class
+    embedding) keeps its weights: rescaled by 1/sqrt(1e-8), it would answer the first
+    change of its input 10,000 times too loudly."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  init_scale: float = 1.0):
@@ -54,39 +55,34 @@ class DataInitConv2d(nn.Conv2d):
         self.init_scale = init_scale
         nn.init.normal_(self.weight, std=_RELEASED_WEIGHT_STD)
         nn.init.zeros_(self.bias)
-        self.register_buffer("initialized", torch.tensor(False))
-        self._initialized_seen = False  # the buffer, read once, not synced every step
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
         mean, variance = batch_moments(self._conv_forward(x, self.weight, None), (0, 2, 3))
-        scale = self.init_scale * torch.rsqrt(variance.clamp_min(0) + _RELEASED_VARIANCE_EPS)
+        scale = torch.where(variance > _RELEASED_VARIANCE_EPS,
+                            self.init_scale * torch.rsqrt(variance.clamp_min(0)
+                                                          + _RELEASED_VARIANCE_EPS),
+                            torch.ones_like(variance))
         self.weight.mul_(scale.view(-1, 1, 1, 1))
         self.bias.copy_(-mean * scale)
         self.initialized.fill_(True)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._initialized_seen = False
-
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and not self._initialized_seen:
-            self._initialized_seen = True
-            if not self.initialized:
-                # In full precision, outside autocast: its cache of bf16 weight copies
-                # would still hold the weights from before the rescaling.
-                with torch.autocast(x.device.type, enabled=False):
-                    x = x.to(torch.promote_types(x.dtype, self.weight.dtype))
-                    self.initialize(x)
-                    return super().forward(x)
+        if self.needs_initializing():
+            # In full precision, outside autocast: its cache of bf16 weight copies would
+            # still hold the weights from before the rescaling.
+            with torch.autocast(x.device.type, enabled=False):
+                x = x.to(torch.promote_types(x.dtype, self.weight.dtype))
+                self.initialize(x)
+                return super().forward(x)
         return super().forward(x)
 
 
-def flowpp_conv(in_channels: int, out_channels: int, kernel_size: int, init: FlowppInit,
-                init_scale: float = 1.0) -> nn.Conv2d:
+def flowpp_conv(in_channels: int, out_channels: int, kernel_size: int,
+                init: FlowppInit | str, init_scale: float = 1.0) -> nn.Conv2d:
     """One of the network's convolutions, initialized as ``init`` says (``init_scale``:
     the released initialization's output scale)."""
-    if init is FlowppInit.released:
+    if FlowppInit(init) is FlowppInit.released:
         return DataInitConv2d(in_channels, out_channels, kernel_size, init_scale)
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 
@@ -107,14 +103,14 @@ class GatedResidualConv(nn.Module):
     and 3x3 in the dequantizer's context network."""
 
     def __init__(self, n_filters: int, dropout: float, context_channels: int = 0,
-                 output_kernel: int = 1, init: FlowppInit = FlowppInit.identity):
+                 output_kernel: int = 1, *, init: FlowppInit):
         super().__init__()
         self.first = flowpp_conv(2 * n_filters, n_filters, 3, init)
         self.from_context = (flowpp_conv(2 * context_channels, n_filters, 1, init)
                              if context_channels else None)
         self.dropout = nn.Dropout(dropout)
         self.out = flowpp_conv(2 * n_filters, 2 * n_filters, output_kernel, init,
-                               GATED_INIT_SCALE)
+                               OUTPUT_INIT_SCALE)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         hidden = self.first(concat_elu(x))
@@ -137,13 +133,12 @@ class GatedSelfAttention(nn.Module):
     """``gated_attn``: x + gate(proj(dropout(attention(x + positions)))), multi-head
     scaled dot-product self-attention over all H x W positions, no mask."""
 
-    def __init__(self, n_filters: int, heads: int, dropout: float,
-                 init: FlowppInit = FlowppInit.identity):
+    def __init__(self, n_filters: int, heads: int, dropout: float, *, init: FlowppInit):
         super().__init__()
         self.heads = heads
         self.qkv = flowpp_conv(n_filters, 3 * n_filters, 1, init)
         self.dropout = nn.Dropout(dropout)
-        self.out = flowpp_conv(n_filters, 2 * n_filters, 1, init, GATED_INIT_SCALE)
+        self.out = flowpp_conv(n_filters, 2 * n_filters, 1, init, OUTPUT_INIT_SCALE)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
@@ -156,12 +151,12 @@ class GatedSelfAttention(nn.Module):
 
 
 class FlowppBlock(nn.Module):
-    def __init__(self, n_filters: int, heads: int, dropout: float, context_channels: int,
-                 init: FlowppInit = FlowppInit.identity):
+    def __init__(self, n_filters: int, heads: int, dropout: float, context_channels: int, *,
+                 init: FlowppInit):
         super().__init__()
         self.conv = GatedResidualConv(n_filters, dropout, context_channels, init=init)
         self.norm_conv = ChannelLayerNorm(n_filters)
-        self.attention = GatedSelfAttention(n_filters, heads, dropout, init)
+        self.attention = GatedSelfAttention(n_filters, heads, dropout, init=init)
         self.norm_attention = ChannelLayerNorm(n_filters)
 
     def forward(self, x: Tensor, positions: Tensor, context: Tensor | None) -> Tensor:
@@ -176,13 +171,14 @@ class FlowppNetwork(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int],
                  n_filters: int, n_blocks: int, heads: int, dropout: float,
-                 context_channels: int = 0, init: FlowppInit = FlowppInit.identity):
+                 context_channels: int = 0, *, init: FlowppInit | str):
         super().__init__()
+        init = FlowppInit(init)
         self.positions = nn.Parameter(_POSITION_STD * torch.randn(1, n_filters, *size))
         self.input = flowpp_conv(in_channels, n_filters, 3, init)
         self.blocks = nn.ModuleList(FlowppBlock(n_filters, heads, dropout, context_channels,
-                                                init) for _ in range(n_blocks))
-        self.output = flowpp_conv(n_filters, out_channels, 3, init, GATED_INIT_SCALE)
+                                                init=init) for _ in range(n_blocks))
+        self.output = flowpp_conv(n_filters, out_channels, 3, init, OUTPUT_INIT_SCALE)
         if init is FlowppInit.identity:
             nn.init.zeros_(self.output.weight)
             nn.init.zeros_(self.output.bias)
@@ -198,8 +194,8 @@ class ContextNetwork(nn.Module):
     """The released variational dequantizer's ``shallow_processor``: a 3x3 convolution to
     ``width`` channels, then ``n_blocks`` gated residual convolutions (3x3 out)."""
 
-    def __init__(self, in_channels: int, width: int, n_blocks: int, dropout: float,
-                 init: FlowppInit = FlowppInit.identity):
+    def __init__(self, in_channels: int, width: int, n_blocks: int, dropout: float, *,
+                 init: FlowppInit):
         super().__init__()
         self.input = flowpp_conv(in_channels, width, 3, init)
         self.blocks = nn.Sequential(*(GatedResidualConv(width, dropout, output_kernel=3,

@@ -63,16 +63,16 @@ def labels_to_score(model: FlowModel, data: FlowData, split: str) -> torch.Tenso
 
 
 @torch.no_grad()
-def mean_nll(model: FlowModel, preprocessing: Preprocessing, points: torch.Tensor, *,
-             batch_size: int, device: torch.device, seed: int, n_samples: int = 1,
-             progress: bool = False, labels: torch.Tensor | None = None) -> float:
-    """Mean NLL (nats per example) over ``points`` (given their ``labels``, for a
-    class-conditional model), in batches: the dequantization bound, or with ``n_samples``
-    > 1 the importance-weighted estimate over that many noise draws. Always fp32 (not
-    bf16, not TF32), whatever the run trained in, so bits/dim compare across runs and a
-    checkpoint evaluated later gives the number its run reported."""
+def example_nlls(model: FlowModel, preprocessing: Preprocessing, points: torch.Tensor, *,
+                 batch_size: int, device: torch.device, seed: int, n_samples: int = 1,
+                 progress: bool = False, labels: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """The NLL (nats) of every example of ``points`` (given their ``labels``, for a
+    class-conditional model), float64 on the CPU, in batches: the dequantization bound,
+    or with ``n_samples`` > 1 the importance-weighted estimate over that many noise draws.
+    Always fp32 (not bf16, not TF32), whatever the run trained in, so bits/dim compare
+    across runs and a checkpoint evaluated later gives the number its run reported."""
     generator = evaluation_generator(device, seed)
-    total = torch.zeros((), dtype=torch.float64, device=device)
     description = "eval" if n_samples == 1 else f"eval, {n_samples} draws"
     point_batches = points.split(batch_size)
     label_batches = (labels.split(batch_size) if labels is not None
@@ -80,6 +80,7 @@ def mean_nll(model: FlowModel, preprocessing: Preprocessing, points: torch.Tenso
     batches = tqdm(zip(point_batches, label_batches, strict=True),
                    total=len(label_batches), desc=description, unit="batch",
                    disable=None if progress else True, dynamic_ncols=True)
+    nlls = []
     with evaluation_mode(model, preprocessing), exact_float32():
         for batch, batch_labels in batches:
             args = (model, preprocessing, batch.to(device))
@@ -87,8 +88,14 @@ def mean_nll(model: FlowModel, preprocessing: Preprocessing, points: torch.Tenso
             nll = (negative_log_likelihood(*args, generator=generator, context=context)
                    if n_samples == 1
                    else importance_weighted_nll(*args, n_samples, generator, context)[0])
-            total += nll.double().sum()
-    return total.item() / len(points)
+            nlls.append(nll.double())  # on the device: one copy back at the end, no sync
+    return torch.cat(nlls).cpu()
+
+
+def mean_nll(model: FlowModel, preprocessing: Preprocessing, points: torch.Tensor,
+             **measure: Any) -> float:
+    """Mean NLL (nats per example) over ``points``: ``example_nlls`` averaged."""
+    return example_nlls(model, preprocessing, points, **measure).sum().item() / len(points)
 
 
 def split_metrics(split: str, nll: float, data: FlowData) -> dict[str, float]:
@@ -105,14 +112,26 @@ def evaluate_split(model: FlowModel, preprocessing: Preprocessing, data: FlowDat
     ``dequant.eval_samples`` > 1 also the importance-weighted ``{split}_nll_iw`` and
     ``{split}_bpd_iw``; where the data's density is known,
     ``{split}_nll_true`` and the gap."""
+    return split_evaluation(model, preprocessing, data, split, batch_size=batch_size,
+                            device=device, seed=seed, progress=progress)[0]
+
+
+def split_evaluation(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
+                     split: str, *, batch_size: int, device: torch.device, seed: int,
+                     progress: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``evaluate_split``'s metrics, and the NLL of every example they average (``nll``,
+    and ``nll_iw`` with ``dequant.eval_samples`` > 1)."""
     points = data.split(split)
     measure = {"batch_size": batch_size, "device": device, "seed": seed, "progress": progress,
                "labels": labels_to_score(model, data, split)}
-    nll = mean_nll(model, preprocessing, points, **measure)
-    metrics: dict[str, Any] = split_metrics(split, nll, data)
+    examples = {"nll": example_nlls(model, preprocessing, points, **measure)}
+    metrics: dict[str, Any] = split_metrics(split, examples["nll"].sum().item() / len(points),
+                                            data)
     eval_samples = preprocessing.dequantizer.eval_samples
     if eval_samples > 1:
-        nll_iw = mean_nll(model, preprocessing, points, n_samples=eval_samples, **measure)
+        examples["nll_iw"] = example_nlls(model, preprocessing, points,
+                                          n_samples=eval_samples, **measure)
+        nll_iw = examples["nll_iw"].sum().item() / len(points)
         metrics |= {f"{key}_iw": value
                     for key, value in split_metrics(split, nll_iw, data).items()}
         metrics["eval_samples"] = eval_samples
@@ -121,6 +140,7 @@ def evaluate_split(model: FlowModel, preprocessing: Preprocessing, data: FlowDat
                  metrics[key], metrics[f"{key}_iw"], eval_samples)
     true_log_prob = data.true_log_prob(points)
     if true_log_prob is not None:
+        nll = metrics[f"{split}_nll"]
         metrics[f"{split}_nll_true"] = -true_log_prob.double().mean().item()
         metrics[f"{split}_nll_gap"] = nll - metrics[f"{split}_nll_true"]
-    return metrics
+    return metrics, examples
