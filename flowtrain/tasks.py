@@ -32,7 +32,6 @@ from flowtrain.class_labels import MAX_CLASS_ROWS, class_rows, labels_for
 from flowtrain.config import SampleConfig, Split, Task
 from flowtrain.data.base import FlowData, as_stored
 from flowtrain.errors import ConfigError, DataError, user_error_in
-from flowtrain.example_pictures import extremes_figure, likelihood_histogram
 from flowtrain.flows.base import FlowModel
 from flowtrain.latent import interpolate
 from flowtrain.likelihood import Preprocessing, bits_per_dim
@@ -42,7 +41,13 @@ from flowtrain.training.evaluation import (
     evaluation_mode,
     split_evaluation,
 )
-from flowtrain.training.figures import figures_for, image_grid, save_picture
+from flowtrain.training.figures import (
+    extremes_figure,
+    figures_for,
+    image_grid,
+    likelihood_histogram,
+    save_picture,
+)
 from flowtrain.training.runtime import seed_everything, select_device
 
 log = logging.getLogger(__name__)
@@ -163,15 +168,14 @@ def save_examples(data: FlowData, split: str, examples: dict[str, torch.Tensor],
     in the split's order, with its label where the data has them), the histogram of the
     values eval.json averages and, for images, the most and least likely examples; the
     files written."""
-    values = {name: value.numpy() for name, value in examples.items()}
     if data.discrete:
-        values |= {name.replace("nll", "bpd"): bits_per_dim(value, data.n_dims).numpy()
-                   for name, value in examples.items()}
+        examples = examples | {name.replace("nll", "bpd"): bits_per_dim(value, data.n_dims)
+                               for name, value in examples.items()}
     labels = data.split_labels(split)
-    np.savez(run_dir / "eval_examples.npz", **values,
+    np.savez(run_dir / "eval_examples.npz",
+             **{name: value.numpy() for name, value in examples.items()},
              **({} if labels is None else {"labels": labels.numpy()}))
-    shown = examples["nll"] if not data.discrete else bits_per_dim(examples["nll"],
-                                                                   data.n_dims)
+    shown = examples[data.reported_as]  # the bound, as eval.json's first number
     what = f"{data.name}, {split} split ({len(shown)} examples)"
     pictures = {"eval_histogram": likelihood_histogram(shown, data.unit, what)}
     points = data.split(split)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from flowtrain.example_pictures import EXTREMES, extremes_figure, likelihood_histogram
+from flowtrain.training.figures import EXTREMES, extremes_figure, likelihood_histogram
 
 
 def test_the_extremes_are_the_lowest_and_highest_values_in_order():
@@ -24,3 +24,11 @@ def test_a_histogram_marks_the_mean_it_shows():
     (axes,) = figure.axes
     assert axes.get_title() == "digits, test split (4 examples)"
     assert axes.get_legend().get_texts()[0].get_text() == "mean 3.0000"
+
+
+def test_an_example_without_density_is_counted_not_drawn():
+    figure = likelihood_histogram(torch.tensor([1.0, 2.0, float("inf")], dtype=torch.float64),
+                                  "bits/dim", "fashion_mnist, test split (3 examples)")
+    (axes,) = figure.axes
+    assert axes.get_title().endswith("; 1 not finite, not shown")
+    assert axes.get_legend().get_texts()[0].get_text() == "mean of the finite 1.5000"

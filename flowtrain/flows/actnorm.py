@@ -38,7 +38,6 @@ class ActNorm(Bijection, InitializedOnFirstBatch):
         std = variance.clamp_min(0).sqrt()
         self.bias.copy_(-mean.view_as(self.bias))
         self.log_scale.copy_(-torch.log(std + _STD_EPSILON).view_as(self.log_scale))
-        self.initialized.fill_(True)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.needs_initializing():

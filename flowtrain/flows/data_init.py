@@ -25,7 +25,8 @@ def batch_moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
 class InitializedOnFirstBatch(nn.Module):
     """A module with an ``initialized`` buffer (saved in checkpoints), set by its first
     training batch. The buffer is read once per process, not on every step: on a GPU each
-    read would be a host sync."""
+    read would be a host sync. A subclass's forward asks ``needs_initializing()`` and, when
+    it says so, sets its weights from that batch at once."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -33,12 +34,15 @@ class InitializedOnFirstBatch(nn.Module):
         self._initialized_seen = False
 
     def needs_initializing(self) -> bool:
-        """True on the first training batch of a module not yet initialized (and never
-        after: the caller initializes it then)."""
+        """True on the first training batch of a module not yet initialized, and never
+        after: the module counts as initialized from here, its caller sets the weights."""
         if not self.training or self._initialized_seen:
             return False
         self._initialized_seen = True
-        return not bool(self.initialized)
+        if bool(self.initialized):
+            return False
+        self.initialized.fill_(True)
+        return True
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)

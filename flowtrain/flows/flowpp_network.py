@@ -65,7 +65,6 @@ class DataInitConv2d(nn.Conv2d, InitializedOnFirstBatch):
                             torch.ones_like(variance))
         self.weight.mul_(scale.view(-1, 1, 1, 1))
         self.bias.copy_(-mean * scale)
-        self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.needs_initializing():
@@ -78,11 +77,11 @@ class DataInitConv2d(nn.Conv2d, InitializedOnFirstBatch):
         return super().forward(x)
 
 
-def flowpp_conv(in_channels: int, out_channels: int, kernel_size: int,
-                init: FlowppInit | str, init_scale: float = 1.0) -> nn.Conv2d:
+def flowpp_conv(in_channels: int, out_channels: int, kernel_size: int, init: FlowppInit,
+                init_scale: float = 1.0) -> nn.Conv2d:
     """One of the network's convolutions, initialized as ``init`` says (``init_scale``:
     the released initialization's output scale)."""
-    if FlowppInit(init) is FlowppInit.released:
+    if init is FlowppInit.released:
         return DataInitConv2d(in_channels, out_channels, kernel_size, init_scale)
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 

@@ -92,10 +92,15 @@ def example_nlls(model: FlowModel, preprocessing: Preprocessing, points: torch.T
     return torch.cat(nlls).cpu()
 
 
+def mean_of(nlls: torch.Tensor) -> float:
+    """The mean of per-example NLLs, summed in float64: every reported number is this."""
+    return nlls.sum().item() / len(nlls)
+
+
 def mean_nll(model: FlowModel, preprocessing: Preprocessing, points: torch.Tensor,
              **measure: Any) -> float:
     """Mean NLL (nats per example) over ``points``: ``example_nlls`` averaged."""
-    return example_nlls(model, preprocessing, points, **measure).sum().item() / len(points)
+    return mean_of(example_nlls(model, preprocessing, points, **measure))
 
 
 def split_metrics(split: str, nll: float, data: FlowData) -> dict[str, float]:
@@ -125,15 +130,14 @@ def split_evaluation(model: FlowModel, preprocessing: Preprocessing, data: FlowD
     measure = {"batch_size": batch_size, "device": device, "seed": seed, "progress": progress,
                "labels": labels_to_score(model, data, split)}
     examples = {"nll": example_nlls(model, preprocessing, points, **measure)}
-    metrics: dict[str, Any] = split_metrics(split, examples["nll"].sum().item() / len(points),
-                                            data)
+    metrics: dict[str, Any] = split_metrics(split, mean_of(examples["nll"]), data)
     eval_samples = preprocessing.dequantizer.eval_samples
     if eval_samples > 1:
         examples["nll_iw"] = example_nlls(model, preprocessing, points,
                                           n_samples=eval_samples, **measure)
-        nll_iw = examples["nll_iw"].sum().item() / len(points)
         metrics |= {f"{key}_iw": value
-                    for key, value in split_metrics(split, nll_iw, data).items()}
+                    for key, value in split_metrics(split, mean_of(examples["nll_iw"]),
+                                                    data).items()}
         metrics["eval_samples"] = eval_samples
         key = f"{split}_{data.reported_as}"
         log.info("%s: %.5f (bound), %.5f (importance-weighted, %d samples)", key,

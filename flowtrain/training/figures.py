@@ -1,4 +1,5 @@
-"""Pictures for TensorBoard: what the learned density and its latent space look like."""
+"""Pictures for TensorBoard and task=eval: what the learned density and its latent space
+look like, and how the scored examples spread."""
 
 from __future__ import annotations
 
@@ -189,3 +190,47 @@ def figures_for(model: FlowModel, preprocessing: Preprocessing, data: FlowData,
         return {"samples": image_grid(draw_samples(min(n_samples, _IMAGE_GRID_SIZE)),
                                       data.levels)}
     return {}
+
+
+# task=eval's picture of the most and of the least likely examples: images a row.
+EXTREMES = 8
+
+
+def likelihood_histogram(values: torch.Tensor, unit: str, what: str) -> Figure:
+    """task=eval's histogram of the examples' ``values`` (bits/dim or nats each), their
+    mean marked; ``what``: the data and split, for the title. An example the model gives
+    no density (inf, as data it was not trained on can get) is counted in the title."""
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
+    finite = values[values.isfinite()]
+    axes.hist(finite.numpy(), bins=min(60, max(10, len(finite) // 20)), color="tab:blue")
+    left_out = len(values) - len(finite)
+    if finite.numel():
+        mean = finite.mean().item()
+        axes.axvline(mean, color="black", linestyle="--",
+                     label=f"mean{' of the finite' if left_out else ''} {mean:.4f}")
+        axes.legend()
+    axes.set_xlabel(f"{unit}, per example (lower: more likely)")
+    axes.set_ylabel("examples")
+    axes.set_title(what + (f"; {left_out} not finite, not shown" if left_out else ""))
+    figure.tight_layout()
+    return figure
+
+
+def extremes_figure(images: torch.Tensor, values: torch.Tensor, levels: int, unit: str
+                    ) -> Figure:
+    """task=eval's ``EXTREMES`` most likely examples of ``images`` (lowest ``values``)
+    above the ``EXTREMES`` least likely (half the split each, when it is smaller), each
+    row titled with the range of its values."""
+    count = min(EXTREMES, len(images) // 2) or 1
+    order = values.argsort()
+    rows = {"most likely": order[:count], "least likely": order.flip(0)[:count]}
+    figure = Figure(figsize=(1.2 * count + 0.5, 3.2))
+    for axes, (name, chosen) in zip(figure.subplots(2, 1), rows.items(), strict=True):
+        grid = image_grid(images[chosen], levels, per_row=count)
+        axes.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        axes.set_title(f"{name}: {values[chosen].min():.3f} to {values[chosen].max():.3f} "
+                       f"{unit}", fontsize=9)
+        axes.axis("off")
+    figure.tight_layout()
+    return figure
