@@ -141,6 +141,7 @@ def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
         restored.model, restored.preprocessing, data, split,
         batch_size=restored.cfg.train.eval_batch_size, device=restored.device,
         seed=restored.cfg.seed, progress=True)
+    examples = in_reported_units(data, examples)
     results: dict[str, Any] = {
         "checkpoint": str(restored.path.resolve()),
         "step": restored.step,
@@ -149,6 +150,7 @@ def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
         "split": split,
         f"n_{split}": len(points),
         **metrics,
+        **by_class(data, split, examples[data.reported_as]),
         "params": sum(p.numel() for p in restored.model.parameters()),
         "device": str(restored.device),
         "wall_s": time.perf_counter() - started,
@@ -162,15 +164,32 @@ def evaluate_checkpoint(restored: Restored, run_dir: Path) -> float:
     return results[key]
 
 
+def in_reported_units(data: FlowData, examples: dict[str, torch.Tensor]
+                      ) -> dict[str, torch.Tensor]:
+    """Per-example NLLs (nats), with bits/dim beside them for quantized data."""
+    if not data.discrete:
+        return examples
+    return examples | {name.replace("nll", "bpd"): bits_per_dim(value, data.n_dims)
+                       for name, value in examples.items()}
+
+
+def by_class(data: FlowData, split: str, values: torch.Tensor) -> dict[str, Any]:
+    """``{split}_{unit}_by_class``: the mean of ``values`` over each class's examples, by
+    class name, for labelled data (which classes a model fits worst); {} otherwise."""
+    labels = data.split_labels(split)
+    if labels is None:
+        return {}
+    means = {name: values[labels == index].mean().item()
+             for index, name in enumerate(data.labels.classes) if bool((labels == index).any())}
+    return {f"{split}_{data.reported_as}_by_class": means}
+
+
 def save_examples(data: FlowData, split: str, examples: dict[str, torch.Tensor],
                   run_dir: Path) -> list[str]:
     """eval_examples.npz (every example's NLL in nats, and bits/dim for quantized data,
     in the split's order, with its label where the data has them), the histogram of the
     values eval.json averages and, for images, the most and least likely examples; the
     files written."""
-    if data.discrete:
-        examples = examples | {name.replace("nll", "bpd"): bits_per_dim(value, data.n_dims)
-                               for name, value in examples.items()}
     labels = data.split_labels(split)
     np.savez(run_dir / "eval_examples.npz",
              **{name: value.numpy() for name, value in examples.items()},

@@ -67,6 +67,9 @@ def test_eval_reproduces_the_runs_own_test_bpd(image_run, tmp_path):
     assert examples["bpd"].shape == examples["nll"].shape == (297,)
     assert examples["bpd"].mean() == pytest.approx(result["test_bpd"], abs=1e-9)
     assert np.array_equal(examples["labels"], Digits().labels.test.numpy())
+    by_class = result["test_bpd_by_class"]  # which digits the model fits worst
+    assert list(by_class) == [str(digit) for digit in range(10)]
+    assert by_class["3"] == pytest.approx(examples["bpd"][examples["labels"] == 3].mean())
     assert (out / "eval_histogram.png").stat().st_size > 0
     assert (out / "eval_extremes.png").stat().st_size > 0
 
