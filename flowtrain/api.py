@@ -28,6 +28,7 @@ from flowtrain.class_labels import labels_for
 from flowtrain.data.base import as_stored
 from flowtrain.errors import CheckpointError
 from flowtrain.flows.base import FlowModel
+from flowtrain.flows.tarflow import guided
 from flowtrain.likelihood import (
     Preprocessing,
     bits_per_dim,
@@ -149,14 +150,15 @@ class TrainedFlow:
     @torch.no_grad()
     @exact_float32()
     def sample(self, n: int, temperature: float = 1.0, seed: int | None = None, *,
-               label: Any = None) -> Tensor:
+               label: Any = None, guidance: float = 0.0) -> Tensor:
         """``n`` samples in data space (integer images as the data set stores them, uint8
         where 256 levels or fewer), of the class ``label`` for a class-conditional flow;
-        ``temperature`` scales a Gaussian base's noise."""
+        ``temperature`` scales a Gaussian base's noise; ``guidance`` > 0 steers a
+        class-conditional TarFlow's samples towards the class (classifier-free guidance)."""
         labels = self._labels(label, n)
         generator = (torch.Generator(self.device).manual_seed(seed) if seed is not None
                      else None)
-        with evaluation_mode(self.model, self.preprocessing):
+        with evaluation_mode(self.model, self.preprocessing), guided(self.model, guidance):
             values = self.preprocessing.sample(self.model, n, temperature, generator,
                                                labels).cpu()
         return as_stored(values, self.levels)

@@ -165,6 +165,9 @@ class TarFlowConfig:
     max_log_scale: float = 0.0
     # p(x | class) on labelled data: the class labels condition the model (docs/CONFIG.md)
     conditional: bool = False
+    # conditional: the share of training labels dropped (read as no class), which lets
+    # sample.guidance steer samples; the released conditional runs use 0.1
+    drop_label: float = 0.0
 
 
 # --- data --------------------------------------------------------------------------------
@@ -417,6 +420,9 @@ class SampleConfig:
     # a class-conditional model: every sample of this class (a name or an index); null: one
     # row for each of the first 10 classes
     label: Any = None
+    # a class-conditional TarFlow: classifier-free guidance weight (0: none; the released
+    # evaluation uses 2.3, annealed; this one is constant)
+    guidance: float = 0.0
 
 
 @dataclass

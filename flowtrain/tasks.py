@@ -33,6 +33,7 @@ from flowtrain.config import SampleConfig, Split, Task
 from flowtrain.data.base import FlowData, as_stored
 from flowtrain.errors import ConfigError, DataError, user_error_in
 from flowtrain.flows.base import FlowModel
+from flowtrain.flows.tarflow import guided
 from flowtrain.latent import interpolate
 from flowtrain.likelihood import Preprocessing, bits_per_dim
 from flowtrain.training.checkpoint import load_checkpoint
@@ -212,6 +213,8 @@ def check_sample_config(cfg: SampleConfig) -> None:
                           f"{cfg.interpolation_steps} and {cfg.interpolation_pairs}")
     if cfg.temperature <= 0:
         raise ConfigError(f"sample.temperature must be positive; got {cfg.temperature}")
+    if cfg.guidance < 0:
+        raise ConfigError(f"sample.guidance must be at least 0 (0: none); got {cfg.guidance}")
 
 
 def _as_data(values: torch.Tensor, levels: int | None) -> np.ndarray:
@@ -250,7 +253,7 @@ def sample_checkpoint(restored: Restored, run_dir: Path) -> None:
     labels, per_row = sample_labels(restored, cfg)
     n = cfg.n if labels is None else len(labels)
     generator = torch.Generator(restored.device).manual_seed(cfg.seed)
-    with evaluation_mode(model, preprocessing):
+    with evaluation_mode(model, preprocessing), guided(model, cfg.guidance):
         samples = preprocessing.sample(model, n, cfg.temperature, generator,
                                        None if labels is None else labels.to(restored.device))
     np.savez(run_dir / "samples.npz", samples=_as_data(samples, restored.levels),

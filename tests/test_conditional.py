@@ -19,6 +19,7 @@ from test_images import TINY_FLOWPP, TINY_PIXELCNN, TINY_REALNVP, TINY_TARFLOW
 
 import flowtrain
 from flowtrain.data.images import Digits
+from flowtrain.flows.tarflow import guided as guided_sampling
 
 CONDITIONAL = ["data=digits", "model.conditional=true", "device=cpu"]
 # the classes each run's TensorBoard grid shows (train.sample_classes: indices or names)
@@ -27,7 +28,8 @@ SHOWN = {"realnvp": (None, 10), "glow": ("[3,7]", 2), "pixelcnn_arflow": ("[3,'7
          "flowpp": ("[0,9,4]", 3), "tarflow": (None, 10)}
 # Glow keeps a weight average: its evaluation, best.pt and flowtrain.load use it
 RUNS = {"realnvp": TINY_REALNVP, "glow": [*TINY_GLOW, "train.ema_decay=0.9"],
-        "pixelcnn_arflow": TINY_PIXELCNN, "flowpp": TINY_FLOWPP, "tarflow": TINY_TARFLOW}
+        "pixelcnn_arflow": TINY_PIXELCNN, "flowpp": TINY_FLOWPP,
+        "tarflow": [*TINY_TARFLOW, "model.drop_label=0.1"]}  # as released, for guidance
 
 
 def _shown(model: str) -> list[str]:
@@ -97,6 +99,35 @@ def test_task_sample_and_the_api_draw_the_named_class(conditional_run, tmp_path)
     assert torch.equal(drawn, flow.sample(2, seed=1, label=7))
     z = flow.encode(Digits().test[:2], label=[1, 2])
     assert torch.equal(flow.decode(z, label=[1, 2]), Digits().test[:2])
+
+
+@pytest.mark.parametrize("conditional_run", ["tarflow", "realnvp"], indirect=True)
+def test_guidance_steers_a_conditional_tarflow_and_only_it(conditional_run, tmp_path):
+    model, run_dir = conditional_run
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    common = ["task=sample", f"ckpt={checkpoint}", "sample.n=3", "sample.label=7",
+              "sample.interpolation_pairs=0", "sample.guidance=2"]
+    if model != "tarflow":
+        result = run_cli(*common, f"hydra.run.dir={tmp_path / 'refused'}", cwd=tmp_path,
+                         check=False)
+        assert result.returncode == 2
+        assert "steers the samples of a class-conditional TarFlow" in (result.stdout
+                                                                      + result.stderr)
+        return
+    run_cli(*common, f"hydra.run.dir={tmp_path / 'guided'}", cwd=tmp_path)
+    saved = np.load(tmp_path / "guided" / "samples.npz")
+    assert saved["samples"].shape == (3, 1, 8, 8) and saved["labels"].tolist() == [7, 7, 7]
+    flow = flowtrain.load(checkpoint)
+    guided = flow.sample(3, seed=0, label=7, guidance=2.0)
+    assert torch.equal(guided, torch.from_numpy(saved["samples"]))  # the CLI and the API
+    assert flow.model.guidance == 0.0  # put back after sampling
+    # four steps in, the classes barely differ: compare in model space, before rounding
+    def drawn() -> torch.Tensor:
+        return flow.model.sample(3, context=torch.full((3,), 7),
+                                 generator=torch.Generator().manual_seed(0))
+    with guided_sampling(flow.model, 2.0):
+        steered = drawn()
+    assert not torch.equal(steered, drawn())
 
 
 # one model is enough: the rows are laid out, and evaluated, outside the model

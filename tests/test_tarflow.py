@@ -212,3 +212,73 @@ def test_a_patch_that_does_not_fit_is_refused_before_training(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in output
     assert "model.patch_size=3 must divide the image's height and width (8x8)" in output
+
+
+# --- class-conditional: dropped labels and classifier-free guidance ----------------------
+
+def _conditional_block(length: int = TOKENS) -> TransformerAutoregressiveBlock:
+    return _perturbed(TransformerAutoregressiveBlock(length, TOKEN_DIM, width=8, n_layers=2,
+                                                     head_dim=4, n_classes=3))
+
+
+def test_no_class_reads_the_mean_class_embedding():
+    """transformer_flow.py MetaBlock: a dropped label (-1) adds class_embed.mean(dim=0)."""
+    from flowtrain.flows.conditioning import NO_CLASS
+
+    embedding = _conditional_block().conditioner.class_embed
+    read = embedding.or_mean(torch.tensor([2, NO_CLASS, 0]), 3)
+    assert torch.equal(read[0], embedding.weight[2]) and torch.equal(read[2], embedding.weight[0])
+    assert torch.allclose(read[1], embedding.weight.mean(dim=0))
+    with pytest.raises(ValueError, match="int64"):
+        embedding.or_mean(torch.tensor([0.0, 1.0, 2.0]), 3)
+
+
+def test_training_drops_labels_and_evaluation_keeps_them():
+    from flowtrain.flows.conditioning import NO_CLASS
+
+    torch.manual_seed(0)
+    flow = _perturbed(TarFlow((1, 4, 4), width=8, blocks=2, layers_per_block=1, head_dim=4,
+                              conditional=True, n_classes=3, drop_label=0.999999))
+    x, labels = torch.randn(6, 1, 4, 4, dtype=torch.float64), torch.arange(6) % 3
+    flow.eval()
+    kept, none = flow.log_prob(x, labels), flow.log_prob(x, torch.full_like(labels, NO_CLASS))
+    assert not torch.allclose(kept, none)
+    flow.train()
+    assert torch.equal(flow.log_prob(x, labels), none)  # every label dropped
+    for wrong, options in ((1.0, {"conditional": True, "n_classes": 3}), (0.1, {})):
+        with pytest.raises(ConfigError, match="model.drop_label"):
+            TarFlow((1, 4, 4), drop_label=wrong, **options)
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_guidance_pushes_each_step_away_from_the_unconditional_one(kv_cache):
+    """Two tokens: one step, whose output is o + g (o - o_uncond) (MetaBlock.reverse with
+    guide_what='ab'), with or without the cache; g = 0 is the plain inverse."""
+    from flowtrain.flows.conditioning import NO_CLASS
+
+    block = _conditional_block(length=2)
+    block.kv_cache = kv_cache
+    z, labels = torch.randn(4, 2, TOKEN_DIM, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    plain = block.inverse(z, labels)
+    block.guidance = 2.5
+    guided = block.inverse(z, labels)
+    with torch.no_grad():
+        given = block.conditioner(z[:, :1], False, labels)
+        unconditional = block.conditioner(z[:, :1], False, torch.full_like(labels, NO_CLASS))
+    log_scale, shift = (given + 2.5 * (given - unconditional)).chunk(2, dim=-1)
+    assert torch.equal(guided[:, :1], z[:, :1])
+    assert torch.allclose(guided[:, 1:], z[:, 1:] * log_scale.exp() + shift)
+    assert not torch.allclose(guided, plain)
+    block.guidance = 0.0
+    assert torch.equal(block.inverse(z, labels), plain)
+
+
+def test_guidance_is_refused_where_there_is_nothing_to_steer():
+    from flowtrain.flows.realnvp import RealNVP
+    from flowtrain.flows.tarflow import guided
+
+    for model in (TarFlow((1, 4, 4)), RealNVP((1, 4, 4), n_filters=4, n_blocks=1)):
+        with pytest.raises(ConfigError, match="class-conditional TarFlow"), guided(model, 2.0):
+            pass
+    with guided(TarFlow((1, 4, 4)), 0.0):  # no guidance: any model
+        pass

@@ -32,6 +32,11 @@ def class_count(conditional: bool, n_classes: int, option: str) -> int:
     return n_classes
 
 
+# A label that stands for no class: TarFlow's dropped label (apple/ml-tarflow train.py,
+# --drop_label), which reads the mean of the class embeddings.
+NO_CLASS = -1
+
+
 def checked_labels(context: Tensor | None, batch: int, n_classes: int) -> Tensor:
     """``context`` checked to be the labels of a batch of ``batch`` examples: what a
     class-conditional layer reads. A missing one is an error, not an unconditional pass."""
@@ -55,6 +60,14 @@ class ClassEmbedding(nn.Module):
 
     def forward(self, context: Tensor | None, batch: int) -> Tensor:
         return self.weight[checked_labels(context, batch, self.n_classes)]
+
+    def or_mean(self, context: Tensor | None, batch: int) -> Tensor:
+        """As ``forward``, where a label of ``NO_CLASS`` reads the mean of every class's
+        vector (transformer_flow.py ``MetaBlock``: ``class_embed.mean(dim=0)``)."""
+        labels = checked_labels(context, batch, self.n_classes)
+        dropped = (labels == NO_CLASS).unsqueeze(-1)
+        return torch.where(dropped, self.weight.mean(dim=0),
+                           self.weight[labels.clamp_min(0)])
 
     def as_map(self, context: Tensor | None, batch: int) -> Tensor:
         """[B, width, 1, 1]: a per-class bias for feature maps, the same at every pixel."""

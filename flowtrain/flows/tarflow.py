@@ -6,9 +6,18 @@ transformers; the order reverses between blocks (identity, flip, identity, ...).
 
 Block: z_i = (x_i - mu_i) exp(-alpha_i), (alpha_i, mu_i) from tokens 0..i-1, token 0
 unchanged (the released conditioner sees a zero token in front of the sequence);
-log|det| = -sum alpha. Its inverse runs one token at a time with a key/value cache."""
+log|det| = -sum alpha. Its inverse runs one token at a time with a key/value cache.
+
+Class-conditional TarFlow trains with a share of its labels dropped (``drop_label``: the
+dropped read the mean class embedding, as released), which teaches it p(x) beside
+p(x | y); sampling can then push each step's (alpha, mu) away from the unconditional
+ones, a + g (a - a_uncond) (``guidance`` g, the released ``--cfg``)."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -22,8 +31,10 @@ from flowtrain.flows.base import (
     StandardNormal,
     image_shape,
 )
-from flowtrain.flows.conditioning import class_count
-from flowtrain.flows.transformer import CausalTransformer
+from flowtrain.flows.conditioning import NO_CLASS, class_count
+from flowtrain.flows.transformer import CausalTransformer, KVCache
+
+log = logging.getLogger(__name__)
 
 
 class Patchify(Bijection):
@@ -58,7 +69,10 @@ class TransformerAutoregressiveBlock(Bijection):
 
     ``kv_cache`` (default on): the inverse reads one token per transformer step and keeps
     the keys and values of the tokens before it; off, each step re-reads the whole prefix
-    (the same numbers, T times the work: kept to test and time the cache against)."""
+    (the same numbers, T times the work: kept to test and time the cache against).
+    ``guidance`` > 0 (a conditional block's inverse): each step's output o becomes
+    o + g (o - o_uncond), o_uncond read with no class (a second cache), as released
+    (transformer_flow.py ``MetaBlock.reverse``, ``guide_what='ab'``)."""
 
     def __init__(self, length: int, token_dim: int, width: int, n_layers: int, head_dim: int,
                  expansion: int = 4, flip: bool = False, kv_cache: bool = True,
@@ -69,6 +83,7 @@ class TransformerAutoregressiveBlock(Bijection):
         self.flip = flip
         self.kv_cache = kv_cache
         self.max_log_scale = float(max_log_scale)
+        self.guidance = 0.0
 
     def _ordered(self, tokens: Tensor) -> Tensor:
         return tokens.flip(1) if self.flip else tokens
@@ -95,17 +110,27 @@ class TransformerAutoregressiveBlock(Bijection):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         z = self._ordered(z)
         tokens = [z[:, :1]]
-        cache = (self.conditioner.start_cache(z.shape[0], z.shape[1])
-                 if self.kv_cache else None)
+        guided = self.guidance > 0 and context is not None
+        conditions = [context, *([torch.full_like(context, NO_CLASS)] if guided else [])]
+        caches = [self.conditioner.start_cache(z.shape[0], z.shape[1]) if self.kv_cache
+                  else None for _ in conditions]
         for index in range(1, z.shape[1]):
-            if cache is not None:
-                output = self.conditioner.step(tokens[-1], cache, self.flip, context)
-            else:
-                output = self.conditioner(torch.cat(tokens, dim=1), self.flip,
-                                          context)[:, -1:]
+            output, *unconditional = [self._next_output(tokens, cache, condition)
+                                      for cache, condition in zip(caches, conditions,
+                                                                  strict=True)]
+            if unconditional:
+                output = output + self.guidance * (output - unconditional[0])
             log_scale, shift = self._affine(output, z)
             tokens.append(z[:, index:index + 1] * torch.exp(log_scale) + shift)
         return self._ordered(torch.cat(tokens, dim=1))
+
+    def _next_output(self, tokens: list[Tensor], cache: KVCache | None,
+                     context: Tensor | None) -> Tensor:
+        """The conditioner's output for the token after ``tokens``: one step on the cache,
+        or the whole prefix again without one."""
+        if cache is not None:
+            return self.conditioner.step(tokens[-1], cache, self.flip, context)
+        return self.conditioner(torch.cat(tokens, dim=1), self.flip, context)[:, -1:]
 
 
 class TarFlow(FlowModel):
@@ -114,14 +139,20 @@ class TarFlow(FlowModel):
     in alternating token order; the patches are put back at the end (which moves no
     density), so the base is N(0, I) over the image's own shape. ``conditional``:
     p(x | class) with ``n_classes`` classes, a learned class embedding added to every
-    token in every block's transformer, as released."""
+    token in every block's transformer, as released; ``drop_label``: the share of
+    training labels dropped (read as no class), so that ``guidance`` can steer samples."""
 
     def __init__(self, event_shape: tuple[int, ...], patch_size: int = 2, width: int = 64,
                  blocks: int = 4, layers_per_block: int = 2, head_dim: int = 32,
                  expansion: int = 4, kv_cache: bool = True, max_log_scale: float = 0.0,
-                 conditional: bool = False, n_classes: int = 0):
+                 conditional: bool = False, n_classes: int = 0, drop_label: float = 0.0):
         channels, height, width_px = image_shape(event_shape, "model=tarflow", FOR_POINTS)
         n_classes = class_count(conditional, n_classes, "model=tarflow")
+        if not 0.0 <= drop_label < 1.0 or (drop_label and not n_classes):
+            raise ConfigError(f"model.drop_label is the share of training labels a "
+                              f"class-conditional TarFlow drops, in [0, 1), with "
+                              f"model.conditional=true; got {drop_label}"
+                              f"{'' if n_classes else ' on an unconditional model'}")
         sizes = {"patch_size": patch_size, "width": width, "blocks": blocks,
                  "layers_per_block": layers_per_block, "head_dim": head_dim,
                  "expansion": expansion}
@@ -151,6 +182,28 @@ class TarFlow(FlowModel):
             for index in range(blocks)]
         super().__init__([patches, *token_flows, Inverse(patches)],
                          StandardNormal(tuple(event_shape)), n_classes)
+        self.drop_label = drop_label
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """In training, each label dropped with probability ``drop_label`` (from the
+        training random stream, as dropout draws)."""
+        if self.training and self.drop_label > 0 and context is not None:
+            dropped = torch.rand(context.shape, device=context.device) < self.drop_label
+            context = torch.where(dropped, torch.full_like(context, NO_CLASS), context)
+        return super().forward(x, context)
+
+    @property
+    def guidance(self) -> float:
+        """The classifier-free guidance weight sampling uses (0: none)."""
+        return self._blocks()[0].guidance
+
+    @guidance.setter
+    def guidance(self, weight: float) -> None:
+        if weight < 0 or (weight > 0 and not self.n_classes):
+            raise ConfigError(f"guidance={weight}: guidance steers a class-conditional "
+                              f"TarFlow (model.conditional=true) and must be at least 0")
+        for block in self._blocks():
+            block.guidance = float(weight)
 
     @property
     def kv_cache(self) -> bool:
@@ -164,3 +217,26 @@ class TarFlow(FlowModel):
     def _blocks(self) -> list[TransformerAutoregressiveBlock]:
         return [transform for transform in self.transforms
                 if isinstance(transform, TransformerAutoregressiveBlock)]
+
+
+@contextmanager
+def guided(model: FlowModel, weight: float) -> Iterator[None]:
+    """Sampling with classifier-free guidance ``weight`` (0: as trained, any model): only a
+    class-conditional TarFlow takes it."""
+    if weight == 0:
+        yield
+        return
+    if not isinstance(model, TarFlow) or not model.n_classes:
+        raise ConfigError(f"guidance={weight} steers the samples of a class-conditional "
+                          f"TarFlow (model=tarflow model.conditional=true, best trained with "
+                          f"model.drop_label=0.1); this is a {type(model).__name__}"
+                          f"{'' if model.n_classes else ' without classes'}")
+    if model.drop_label == 0:
+        log.warning("guidance=%g on a TarFlow trained with model.drop_label=0: its "
+                    "unconditional pass (the mean class embedding) was never trained", weight)
+    before = model.guidance
+    model.guidance = weight
+    try:
+        yield
+    finally:
+        model.guidance = before

@@ -146,7 +146,7 @@ class CausalTransformer(nn.Module):
         h = self.proj_in(tokens) + positions
         if self.class_embed is None:
             return h
-        return h + self.class_embed(context, tokens.shape[0]).unsqueeze(1)
+        return h + self.class_embed.or_mean(context, tokens.shape[0]).unsqueeze(1)
 
     def _positions(self, flip: bool) -> Tensor:
         return self.pos_embed.flip(0) if flip else self.pos_embed
