@@ -150,15 +150,18 @@ class TrainedFlow:
     @torch.no_grad()
     @exact_float32()
     def sample(self, n: int, temperature: float = 1.0, seed: int | None = None, *,
-               label: Any = None, guidance: float = 0.0) -> Tensor:
+               label: Any = None, guidance: float = 0.0, guidance_annealed: bool = False
+               ) -> Tensor:
         """``n`` samples in data space (integer images as the data set stores them, uint8
         where 256 levels or fewer), of the class ``label`` for a class-conditional flow;
         ``temperature`` scales a Gaussian base's noise; ``guidance`` > 0 steers a
-        class-conditional TarFlow's samples towards the class (classifier-free guidance)."""
+        class-conditional TarFlow's samples towards the class (classifier-free guidance;
+        ``guidance_annealed``: growing over the tokens, as the released FID evaluation)."""
         labels = self._labels(label, n)
         generator = (torch.Generator(self.device).manual_seed(seed) if seed is not None
                      else None)
-        with evaluation_mode(self.model, self.preprocessing), guided(self.model, guidance):
+        with (evaluation_mode(self.model, self.preprocessing),
+              guided(self.model, guidance, guidance_annealed)):
             values = self.preprocessing.sample(self.model, n, temperature, generator,
                                                labels).cpu()
         return as_stored(values, self.levels)

@@ -420,9 +420,10 @@ class SampleConfig:
     # a class-conditional model: every sample of this class (a name or an index); null: one
     # row for each of the first 10 classes
     label: Any = None
-    # a class-conditional TarFlow: classifier-free guidance weight (0: none; the released
-    # evaluation uses 2.3, annealed; this one is constant)
+    # a class-conditional TarFlow: classifier-free guidance weight (0: none), constant or
+    # growing over the tokens (annealed: the released FID evaluation's 2.3)
     guidance: float = 0.0
+    guidance_annealed: bool = False
 
 
 @dataclass

@@ -33,7 +33,7 @@ from flowtrain.config import SampleConfig, Split, Task
 from flowtrain.data.base import FlowData, as_stored
 from flowtrain.errors import ConfigError, DataError, user_error_in
 from flowtrain.flows.base import FlowModel
-from flowtrain.flows.tarflow import guided
+from flowtrain.flows.tarflow import Guidance, guided
 from flowtrain.latent import interpolate
 from flowtrain.likelihood import Preprocessing, bits_per_dim
 from flowtrain.training.checkpoint import load_checkpoint
@@ -213,8 +213,10 @@ def check_sample_config(cfg: SampleConfig) -> None:
                           f"{cfg.interpolation_steps} and {cfg.interpolation_pairs}")
     if cfg.temperature <= 0:
         raise ConfigError(f"sample.temperature must be positive; got {cfg.temperature}")
-    if cfg.guidance < 0:
-        raise ConfigError(f"sample.guidance must be at least 0 (0: none); got {cfg.guidance}")
+    try:
+        Guidance(cfg.guidance, cfg.guidance_annealed)
+    except ConfigError as error:
+        raise ConfigError(f"sample.{error}") from None
 
 
 def _as_data(values: torch.Tensor, levels: int | None) -> np.ndarray:
@@ -253,11 +255,13 @@ def sample_checkpoint(restored: Restored, run_dir: Path) -> None:
     labels, per_row = sample_labels(restored, cfg)
     n = cfg.n if labels is None else len(labels)
     generator = torch.Generator(restored.device).manual_seed(cfg.seed)
-    with evaluation_mode(model, preprocessing), guided(model, cfg.guidance):
+    with (evaluation_mode(model, preprocessing),
+          guided(model, cfg.guidance, cfg.guidance_annealed)):
         samples = preprocessing.sample(model, n, cfg.temperature, generator,
                                        None if labels is None else labels.to(restored.device))
     np.savez(run_dir / "samples.npz", samples=_as_data(samples, restored.levels),
              temperature=cfg.temperature, seed=cfg.seed, step=restored.step,
+             guidance=cfg.guidance, guidance_annealed=cfg.guidance_annealed,
              **({} if labels is None else {"labels": labels.numpy()}))
     written = ["samples.npz", *save_sample_pictures(restored, samples, run_dir, per_row)]
     if is_image(restored) and cfg.interpolation_pairs > 0 and restored.data is not None:

@@ -117,10 +117,11 @@ def test_guidance_steers_a_conditional_tarflow_and_only_it(conditional_run, tmp_
     run_cli(*common, f"hydra.run.dir={tmp_path / 'guided'}", cwd=tmp_path)
     saved = np.load(tmp_path / "guided" / "samples.npz")
     assert saved["samples"].shape == (3, 1, 8, 8) and saved["labels"].tolist() == [7, 7, 7]
+    assert saved["guidance"] == 2 and not saved["guidance_annealed"]  # the file says how
     flow = flowtrain.load(checkpoint)
     guided = flow.sample(3, seed=0, label=7, guidance=2.0)
     assert torch.equal(guided, torch.from_numpy(saved["samples"]))  # the CLI and the API
-    assert flow.model.guidance == 0.0  # put back after sampling
+    assert flow.model.guidance.weight == 0.0  # put back after sampling
     # four steps in, the classes barely differ: compare in model space, before rounding
     def drawn() -> torch.Tensor:
         return flow.model.sample(3, context=torch.full((3,), 7),

@@ -252,24 +252,31 @@ def test_training_drops_labels_and_evaluation_keeps_them():
 
 @pytest.mark.parametrize("kv_cache", [True, False])
 def test_guidance_pushes_each_step_away_from_the_unconditional_one(kv_cache):
-    """Two tokens: one step, whose output is o + g (o - o_uncond) (MetaBlock.reverse with
-    guide_what='ab'), with or without the cache; g = 0 is the plain inverse."""
+    """Each step's output o becomes o + g (o - o_uncond) (MetaBlock.reverse with
+    guide_what='ab'), with or without the cache; annealed, g = i / (T - 1) * weight at
+    token i (evaluate_fid.py); weight 0 is the plain inverse."""
     from flowtrain.flows.conditioning import NO_CLASS
+    from flowtrain.flows.tarflow import Guidance
 
-    block = _conditional_block(length=2)
+    block = _conditional_block(length=3)
     block.kv_cache = kv_cache
-    z, labels = torch.randn(4, 2, TOKEN_DIM, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    z, labels = torch.randn(4, 3, TOKEN_DIM, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
     plain = block.inverse(z, labels)
-    block.guidance = 2.5
-    guided = block.inverse(z, labels)
-    with torch.no_grad():
-        given = block.conditioner(z[:, :1], False, labels)
-        unconditional = block.conditioner(z[:, :1], False, torch.full_like(labels, NO_CLASS))
-    log_scale, shift = (given + 2.5 * (given - unconditional)).chunk(2, dim=-1)
-    assert torch.equal(guided[:, :1], z[:, :1])
-    assert torch.allclose(guided[:, 1:], z[:, 1:] * log_scale.exp() + shift)
-    assert not torch.allclose(guided, plain)
-    block.guidance = 0.0
+    for annealed, weights in ((False, (2.5, 2.5)), (True, (1.25, 2.5))):
+        block.guidance = Guidance(2.5, annealed)
+        steered = block.inverse(z, labels)
+        expected = [z[:, :1]]
+        with torch.no_grad():
+            for index, weight in enumerate(weights, start=1):
+                prefix = torch.cat(expected, dim=1)
+                given = block.conditioner(prefix, False, labels)[:, -1:]
+                unconditional = block.conditioner(prefix, False,
+                                                  torch.full_like(labels, NO_CLASS))[:, -1:]
+                log_scale, shift = (given + weight * (given - unconditional)).chunk(2, dim=-1)
+                expected.append(z[:, index:index + 1] * log_scale.exp() + shift)
+        assert torch.allclose(steered, torch.cat(expected, dim=1)), annealed
+        assert not torch.allclose(steered, plain)
+    block.guidance = Guidance()
     assert torch.equal(block.inverse(z, labels), plain)
 
 
@@ -279,6 +286,11 @@ def test_guidance_is_refused_where_there_is_nothing_to_steer():
 
     for model in (TarFlow((1, 4, 4)), RealNVP((1, 4, 4), n_filters=4, n_blocks=1)):
         with pytest.raises(ConfigError, match="class-conditional TarFlow"), guided(model, 2.0):
+            pass
+    conditional = TarFlow((1, 4, 4), conditional=True, n_classes=3)
+    for weight in (-1.0, float("nan"), float("inf")):  # a weight it cannot use, first
+        with pytest.raises(ConfigError, match="finite weight of at least 0"), \
+                guided(conditional, weight):
             pass
     with guided(TarFlow((1, 4, 4)), 0.0):  # no guidance: any model
         pass

@@ -62,10 +62,11 @@ class ClassEmbedding(nn.Module):
         return self.weight[checked_labels(context, batch, self.n_classes)]
 
     def or_mean(self, context: Tensor | None, batch: int) -> Tensor:
-        """As ``forward``, where a label of ``NO_CLASS`` reads the mean of every class's
-        vector (transformer_flow.py ``MetaBlock``: ``class_embed.mean(dim=0)``)."""
+        """As ``forward``, where a negative label (``NO_CLASS``) reads the mean of every
+        class's vector (transformer_flow.py ``MetaBlock``: ``y < 0`` reads
+        ``class_embed.mean(dim=0)``)."""
         labels = checked_labels(context, batch, self.n_classes)
-        dropped = (labels == NO_CLASS).unsqueeze(-1)
+        dropped = (labels < 0).unsqueeze(-1)
         return torch.where(dropped, self.weight.mean(dim=0),
                            self.weight[labels.clamp_min(0)])
 

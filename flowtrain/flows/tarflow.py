@@ -16,8 +16,11 @@ ones, a + g (a - a_uncond) (``guidance`` g, the released ``--cfg``)."""
 from __future__ import annotations
 
 import logging
+import math
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -35,6 +38,8 @@ from flowtrain.flows.conditioning import NO_CLASS, class_count
 from flowtrain.flows.transformer import CausalTransformer, KVCache
 
 log = logging.getLogger(__name__)
+# Models already told that their unconditional pass was never trained.
+_WARNED_UNTRAINED: weakref.WeakSet = weakref.WeakSet()
 
 
 class Patchify(Bijection):
@@ -63,6 +68,24 @@ class Patchify(Bijection):
                 .permute(0, 3, 1, 4, 2, 5).reshape(-1, channels, height, width))
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance at sampling: each step's output o becomes o + g (o -
+    o_uncond) with g = ``weight``, or, ``annealed``, g = i / (T - 1) * ``weight`` at token
+    i of T (evaluate_fid.py's ``annealed_guidance``: the weight grows over the tokens)."""
+
+    weight: float = 0.0
+    annealed: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ConfigError(f"guidance must be a finite weight of at least 0 (0: none); "
+                              f"got {self.weight}")
+
+    def at(self, index: int, length: int) -> float:
+        return self.weight * index / (length - 1) if self.annealed else self.weight
+
+
 class TransformerAutoregressiveBlock(Bijection):
     """One TarFlow block on tokens [B, T, D]: an affine autoregressive flow whose shift and
     log-scale come from a causal transformer (``flip``: in reversed token order).
@@ -83,7 +106,7 @@ class TransformerAutoregressiveBlock(Bijection):
         self.flip = flip
         self.kv_cache = kv_cache
         self.max_log_scale = float(max_log_scale)
-        self.guidance = 0.0
+        self.guidance = Guidance()
 
     def _ordered(self, tokens: Tensor) -> Tensor:
         return tokens.flip(1) if self.flip else tokens
@@ -110,16 +133,17 @@ class TransformerAutoregressiveBlock(Bijection):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         z = self._ordered(z)
         tokens = [z[:, :1]]
-        guided = self.guidance > 0 and context is not None
-        conditions = [context, *([torch.full_like(context, NO_CLASS)] if guided else [])]
+        steering = self.guidance.weight > 0 and context is not None
+        conditions = [context, *([torch.full_like(context, NO_CLASS)] if steering else [])]
         caches = [self.conditioner.start_cache(z.shape[0], z.shape[1]) if self.kv_cache
                   else None for _ in conditions]
         for index in range(1, z.shape[1]):
             output, *unconditional = [self._next_output(tokens, cache, condition)
                                       for cache, condition in zip(caches, conditions,
                                                                   strict=True)]
-            if unconditional:
-                output = output + self.guidance * (output - unconditional[0])
+            if unconditional:  # before any log-scale bound, as the released has none
+                weight = self.guidance.at(index, z.shape[1])
+                output = output + weight * (output - unconditional[0])
             log_scale, shift = self._affine(output, z)
             tokens.append(z[:, index:index + 1] * torch.exp(log_scale) + shift)
         return self._ordered(torch.cat(tokens, dim=1))
@@ -193,17 +217,17 @@ class TarFlow(FlowModel):
         return super().forward(x, context)
 
     @property
-    def guidance(self) -> float:
-        """The classifier-free guidance weight sampling uses (0: none)."""
+    def guidance(self) -> Guidance:
+        """The classifier-free guidance sampling uses (weight 0: none)."""
         return self._blocks()[0].guidance
 
     @guidance.setter
-    def guidance(self, weight: float) -> None:
-        if weight < 0 or (weight > 0 and not self.n_classes):
-            raise ConfigError(f"guidance={weight}: guidance steers a class-conditional "
-                              f"TarFlow (model.conditional=true) and must be at least 0")
+    def guidance(self, guidance: Guidance) -> None:
+        if guidance.weight > 0 and not self.n_classes:
+            raise ConfigError("guidance steers a class-conditional TarFlow "
+                              "(model.conditional=true)")
         for block in self._blocks():
-            block.guidance = float(weight)
+            block.guidance = guidance
 
     @property
     def kv_cache(self) -> bool:
@@ -220,9 +244,10 @@ class TarFlow(FlowModel):
 
 
 @contextmanager
-def guided(model: FlowModel, weight: float) -> Iterator[None]:
-    """Sampling with classifier-free guidance ``weight`` (0: as trained, any model): only a
-    class-conditional TarFlow takes it."""
+def guided(model: FlowModel, weight: float, annealed: bool = False) -> Iterator[None]:
+    """Sampling with classifier-free guidance of ``weight`` (``Guidance``; 0: as trained,
+    any model): only a class-conditional TarFlow takes it."""
+    guidance = Guidance(weight, annealed)  # a weight it cannot use is refused first
     if weight == 0:
         yield
         return
@@ -231,11 +256,12 @@ def guided(model: FlowModel, weight: float) -> Iterator[None]:
                           f"TarFlow (model=tarflow model.conditional=true, best trained with "
                           f"model.drop_label=0.1); this is a {type(model).__name__}"
                           f"{'' if model.n_classes else ' without classes'}")
-    if model.drop_label == 0:
+    if model.drop_label == 0 and model not in _WARNED_UNTRAINED:  # once, not every call
+        _WARNED_UNTRAINED.add(model)
         log.warning("guidance=%g on a TarFlow trained with model.drop_label=0: its "
                     "unconditional pass (the mean class embedding) was never trained", weight)
     before = model.guidance
-    model.guidance = weight
+    model.guidance = guidance
     try:
         yield
     finally:
