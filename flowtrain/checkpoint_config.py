@@ -50,14 +50,16 @@ def _targets_with(group: str, key: str) -> tuple[str, ...]:
 # validation split; dequant.range=[0, 1], the only range before TarFlow's [-1, 1];
 # model.conditional=false, the only kind of image model before class-conditional ones;
 # data.shift=0, no translations before Glow's; model.init and dequant.init=identity, Flow++'s
-# only initialization before the released one; model.drop_label=0, TarFlow's labels kept).
+# only initialization before the released one; model.drop_label=0, TarFlow's labels kept;
+# model.weight_y=0, Glow without its class prediction).
 _ADDED_SINCE = {"data.n_val": (0, None),
                 "dequant.range": ([0.0, 1.0], ("flowtrain.dequant.UniformDequantization",)),
                 "model.conditional": (False, _targets_with("model", "conditional")),
                 "data.shift": (0.0, _targets_with("data", "shift")),
                 "model.init": ("identity", _targets_with("model", "init")),
                 "dequant.init": ("identity", _targets_with("dequant", "init")),
-                "model.drop_label": (0.0, _targets_with("model", "drop_label"))}
+                "model.drop_label": (0.0, _targets_with("model", "drop_label")),
+                "model.weight_y": (0.0, _targets_with("model", "weight_y"))}
 
 # task=eval|sample: what the saved weights are, which the command line may not change;
 # how to evaluate, which it may; and what belongs to this process, never to the checkpoint.

@@ -117,6 +117,9 @@ class GlowConfig:
     coupling: GlowCoupling = GlowCoupling.affine  # affine | additive (network=released)
     # p(x | class) on labelled data: the class labels condition the model (docs/CONFIG.md)
     conditional: bool = False
+    # conditional: the weight of Glow's class prediction from the top latent in the
+    # training loss (--weight_y; the released conditional run: 0.01); 0: none
+    weight_y: float = 0.0
 
 
 @dataclass

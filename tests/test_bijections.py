@@ -21,7 +21,7 @@ from flowtrain.dequant import Logit, NoDequantization, VariationalDequantization
 from flowtrain.flows.actnorm import ActNorm
 from flowtrain.flows.autoregressive import AutoregressiveFlow, AutoregressiveMixtureCDF
 from flowtrain.flows.base import Bijection, Compose, FlowModel, Inverse, StandardNormal
-from flowtrain.flows.conditioning import ClassPrior
+from flowtrain.flows.conditioning import ClassPrior, TopClassPredictor
 from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask, checkerboard_mask
 from flowtrain.flows.flowpp import FlowPlusPlus, HalvesInvertibleConv, MixLogisticCoupling
 from flowtrain.flows.glow import Glow
@@ -198,7 +198,8 @@ CONDITIONAL_MODELS = {
     "realnvp-conditional-2scales-1x4x4": lambda: RealNVP(
         (1, 4, 4), n_filters=3, n_blocks=1, scales=2, conditional=True, n_classes=N_CLASSES),
     "glow-conditional-1x4x4-2levels": lambda: Glow((1, 4, 4), levels=2, steps=2, n_filters=4,
-                                                   conditional=True, n_classes=N_CLASSES),
+                                                   conditional=True, n_classes=N_CLASSES,
+                                                   weight_y=0.01),
     "pixelcnn-conditional-1x4x4": lambda: PixelCNNFlow(
         (1, 4, 4), n_components=3, n_filters=6, n_blocks=2, conditional=True,
         n_classes=N_CLASSES),
@@ -233,6 +234,9 @@ CASES = {
     "learned_prior": Case(lambda: LearnedPrior((2, 2, 3)), normal(2, 2, 3)),
     "class_prior": Case(lambda: ClassPrior((2, 2, 3), N_CLASSES), normal(2, 2, 3),
                         context=class_labels(N_CLASSES)),
+    # the identity in the likelihood; its class prediction (training only): test_glow.py
+    "top_class_predictor": Case(lambda: TopClassPredictor(2, N_CLASSES, 0.01, 12),
+                                normal(2, 2, 3)),
     # Flow++'s parts
     "actnorm-per-position": Case(lambda: initialized_actnorm(3, size=(3, 3)),
                                  normal(3, 3, 3)),

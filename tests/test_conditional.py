@@ -26,8 +26,10 @@ CONDITIONAL = ["data=digits", "model.conditional=true", "device=cpu"]
 # and how many rows that is; None: the first ten, all the digits
 SHOWN = {"realnvp": (None, 10), "glow": ("[3,7]", 2), "pixelcnn_arflow": ("[3,'7']", 2),
          "flowpp": ("[0,9,4]", 3), "tarflow": (None, 10)}
-# Glow keeps a weight average: its evaluation, best.pt and flowtrain.load use it
-RUNS = {"realnvp": TINY_REALNVP, "glow": [*TINY_GLOW, "train.ema_decay=0.9"],
+# Glow keeps a weight average (its evaluation, best.pt and flowtrain.load use it) and
+# predicts the class as the released conditional run does (its loss, not its likelihood)
+RUNS = {"realnvp": TINY_REALNVP,
+        "glow": [*TINY_GLOW, "train.ema_decay=0.9", "model.weight_y=0.01"],
         "pixelcnn_arflow": TINY_PIXELCNN, "flowpp": TINY_FLOWPP,
         "tarflow": [*TINY_TARFLOW, "model.drop_label=0.1"]}  # as released, for guidance
 
@@ -99,6 +101,17 @@ def test_task_sample_and_the_api_draw_the_named_class(conditional_run, tmp_path)
     assert torch.equal(drawn, flow.sample(2, seed=1, label=7))
     z = flow.encode(Digits().test[:2], label=[1, 2])
     assert torch.equal(flow.decode(z, label=[1, 2]), Digits().test[:2])
+
+
+@pytest.mark.parametrize("conditional_run", ["glow"], indirect=True)
+def test_glows_class_prediction_trains_with_the_model(conditional_run):
+    """It starts at zero and only the training loss moves it; the reported bits/dim leave
+    it out (test_test_bpd_is_minus_log_p_of_each_image_given_its_own_label)."""
+    _, run_dir = conditional_run
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    weights = [value for name, value in saved["model"].items()
+               if "classifier" in name and name.endswith("weight")]
+    assert weights and all(weight.abs().sum() > 0 for weight in weights)
 
 
 @pytest.mark.parametrize("conditional_run", ["tarflow", "realnvp"], indirect=True)

@@ -241,3 +241,42 @@ def test_glow_refuses_images_its_levels_do_not_divide(tmp_path):
     assert result.returncode != 0
     assert "Lower model.levels" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+# --- the class prediction of the released conditional Glow (--weight_y) ------------------
+
+def test_the_class_prediction_adds_to_the_training_loss_and_never_to_the_likelihood():
+    """openai/glow model.py: bits_y = CE(linear_zeros(mean_hw(z_top))) / ln 2, loss =
+    bits_x + weight_y * bits_y; in nats per example the penalty is weight_y * D * CE.
+    linear_zeros starts at zero, so the first penalty is weight_y * D * ln(classes)."""
+    torch.manual_seed(0)
+    glow = Glow((1, 8, 8), levels=2, steps=1, n_filters=4, conditional=True, n_classes=3,
+                weight_y=0.01).double()
+    x, labels = torch.rand(5, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    glow.train()
+    log_prob = glow.log_prob(x, labels)  # ActNorm initializes here
+    penalty = glow.training_penalty()
+    assert torch.allclose(penalty, torch.full((5,), 0.01 * 64 * math.log(3),
+                                              dtype=torch.float64))
+    assert glow.training_penalty() is None  # taken once
+    glow.log_prob(x, labels)
+    glow.training_penalty().sum().backward()
+    classifier = next(module.classifier for module in glow.modules()
+                      if hasattr(module, "classifier"))
+    assert classifier.linear.weight.grad.abs().sum() > 0  # it learns
+    # the same weights without the predictor (a Glow of one part fewer): the same density
+    plain = Glow((1, 8, 8), levels=2, steps=1, n_filters=4, conditional=True,
+                 n_classes=3).double()
+    kept = [value for name, value in glow.state_dict().items() if "classifier" not in name]
+    plain.load_state_dict(dict(zip(plain.state_dict(), kept, strict=True)))
+    glow.eval(), plain.eval()
+    assert torch.allclose(glow.log_prob(x, labels), plain.log_prob(x, labels))
+    assert torch.allclose(log_prob, plain.log_prob(x, labels))  # the likelihood alone
+    assert glow.training_penalty() is None  # evaluation leaves none
+
+
+@pytest.mark.parametrize("options", [{"weight_y": 0.01}, {"weight_y": -1.0, "conditional": True,
+                                                        "n_classes": 3}])
+def test_a_class_prediction_it_cannot_make_is_refused(options):
+    with pytest.raises(ConfigError, match="model.weight_y"):
+        Glow((1, 8, 8), levels=2, **options)

@@ -47,6 +47,21 @@ class Bijection(nn.Module, ABC):
         """x = f^-1(z)."""
 
 
+class TrainingPenalty(nn.Module):
+    """A part of a model that adds to its training loss beyond -log p (Glow's class
+    predictor): each training forward leaves ``penalty``, nats per example, which the
+    training loop takes (``FlowModel.training_penalty``). The likelihood, and every number
+    reported from it, leave it out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.penalty: Tensor | None = None
+
+    def take_penalty(self) -> Tensor | None:
+        penalty, self.penalty = self.penalty, None
+        return penalty
+
+
 class Compose(Bijection):
     """f = f_n o ... o f_1, log|det| summed over the parts (nflows' CompositeTransform).
 
@@ -170,6 +185,14 @@ class FlowModel(nn.Module):
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         z, log_det = self(x, context)
         return self.base.log_prob(z) + log_det
+
+    def training_penalty(self) -> Tensor | None:
+        """What the last training forward adds to the loss beyond -log p, nats per example
+        (``TrainingPenalty`` parts); None for a model without any."""
+        penalties = [penalty for module in self.modules()
+                     if isinstance(module, TrainingPenalty)
+                     and (penalty := module.take_penalty()) is not None]
+        return sum(penalties) if penalties else None
 
     @torch.no_grad()
     def sample(

@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowtrain.errors import ConfigError
+from flowtrain.flows.base import Bijection, TrainingPenalty
 from flowtrain.flows.mixture import bounded_log_scale
 from flowtrain.flows.multiscale import GaussianPrior
 
@@ -102,3 +104,47 @@ class ClassPrior(GaussianPrior):
         mean = self.class_mean(context, batch).view(batch, *self.shape)
         log_std = bounded_log_scale(self.class_raw_log_std(context, batch))
         return mean.to(z.dtype), log_std.view(batch, *self.shape).to(z.dtype)
+
+
+class ZeroLinear(nn.Module):
+    """openai/glow tfops.py ``linear_zeros``: (x W + b) exp(3 logs), all three zero at the
+    start, so the first outputs are 0 and the scale learns faster than the weights."""
+
+    def __init__(self, in_features: int, out_features: int, logscale_factor: float = 3.0):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.logs = nn.Parameter(torch.zeros(out_features))
+        self.logscale_factor = logscale_factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x) * torch.exp(self.logs * self.logscale_factor)
+
+
+class TopClassPredictor(Bijection, TrainingPenalty):
+    """The identity on the top latent z, which in training also predicts the class from
+    z's spatial mean: Glow's predictive loss (openai/glow model.py ``_f_loss``: h_y =
+    reduce_mean(z, [1, 2]), ``linear_zeros("classifier")``, bits_y = cross-entropy / ln 2,
+    loss = bits_x + weight_y * bits_y). In flowtrain's units, nats per example, that is
+    ``weight`` * ``n_dims`` * cross-entropy (bits_x is per dimension)."""
+
+    volume_preserving = True
+
+    def __init__(self, n_channels: int, n_classes: int, weight: float, n_dims: int):
+        super().__init__()
+        self.classifier = ZeroLinear(n_channels, n_classes)
+        self.n_classes = n_classes
+        self.weight = weight
+        self.n_dims = n_dims
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.training:
+            labels = checked_labels(context, x.shape[0], self.n_classes)
+            logits = self.classifier(x.mean(dim=(2, 3))).to(x.dtype)  # out of bf16
+            self.penalty = (self.weight * self.n_dims
+                            * F.cross_entropy(logits, labels, reduction="none"))
+        return x, x.new_zeros(x.shape[0])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return z

@@ -13,6 +13,7 @@ N(0, I) base, and ``sample(temperature=T)`` is Glow's temperature sampling.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 from flowtrain.errors import ConfigError
@@ -24,7 +25,7 @@ from flowtrain.flows.base import (
     StandardNormal,
     image_shape,
 )
-from flowtrain.flows.conditioning import ClassPrior, class_count
+from flowtrain.flows.conditioning import ClassPrior, TopClassPredictor, class_count
 from flowtrain.flows.coupling import AffineCoupling, ResNet, channel_mask
 from flowtrain.flows.glow_coupling import GlowCoupling, ReleasedGlowCoupling
 from flowtrain.flows.invconv import InvertibleConv1x1
@@ -56,10 +57,10 @@ def glow_step(shape: tuple[int, int, int], parity: int, n_filters: int,
 
 def glow_level(shape: tuple[int, int, int], levels: int, steps: int, n_filters: int,
                n_blocks: int, network: GlowNetwork, coupling: GlowCoupling,
-               n_classes: int = 0) -> list[Bijection]:
+               n_classes: int = 0, top: list[Bijection] | None = None) -> list[Bijection]:
     """Squeeze, K steps, then split with the finer ``levels - 1`` levels on the kept half
-    (or the learned top prior, and for a conditional model the class prior, when this is
-    the last level), unsqueeze."""
+    (or, at the last level, ``top`` on the top latent, then the learned top prior and for
+    a conditional model the class prior), unsqueeze."""
     channels, height, width = shape
     squeezed = (4 * channels, height // 2, width // 2)
     layers: list[Bijection] = [Squeeze()]
@@ -68,12 +69,12 @@ def glow_level(shape: tuple[int, int, int], levels: int, steps: int, n_filters: 
         # convolutions are still close to their initial rotation.
         layers += glow_step(squeezed, index % 2, n_filters, n_blocks, network, coupling)
     if levels == 1:
-        layers.append(LearnedPrior(squeezed))
+        layers += [*(top or []), LearnedPrior(squeezed)]
         layers += [ClassPrior(squeezed, n_classes)] if n_classes else []
     else:
         kept = (2 * channels, height // 2, width // 2)
         finer = glow_level(kept, levels - 1, steps, n_filters, n_blocks, network, coupling,
-                           n_classes)
+                           n_classes, top)
         layers += [SplitPrior(squeezed[0]), OnKeptHalf(finer)]
     return layers + [Unsqueeze()]
 
@@ -99,13 +100,14 @@ class Glow(FlowModel):
     (flowtrain's coupling, ``n_blocks`` residual blocks) or ``released`` (openai/glow's,
     with ``coupling`` affine or additive). ``conditional``: p(x | class) with
     ``n_classes`` classes, through a learned mean and log-std per class on top of the
-    learned top prior (``ClassPrior``; Glow's ``ycond`` without its classifier loss)."""
+    learned top prior (``ClassPrior``; Glow's ``ycond``); ``weight_y`` > 0 adds Glow's
+    class prediction from the top latent to the training loss (``TopClassPredictor``)."""
 
     def __init__(self, event_shape: tuple[int, ...], levels: int | str = "auto",
                  steps: int = 8, n_filters: int = 32, n_blocks: int = 1,
                  network: GlowNetwork | str = GlowNetwork.resnet,
                  coupling: GlowCoupling | str = GlowCoupling.affine,
-                 conditional: bool = False, n_classes: int = 0):
+                 conditional: bool = False, n_classes: int = 0, weight_y: float = 0.0):
         network, coupling = GlowNetwork(network), GlowCoupling(coupling)
         if network is GlowNetwork.resnet and coupling is GlowCoupling.additive:
             raise ConfigError("model.coupling=additive is the released coupling's option: "
@@ -126,7 +128,15 @@ class Glow(FlowModel):
                               f"height and width must be divisible by 2**levels = {factor}; "
                               f"got {height}x{width}. Lower model.levels, or pad or crop "
                               f"the images.")
+        if not (0.0 <= weight_y < math.inf) or (weight_y and not n_classes):
+            raise ConfigError(f"model.weight_y weighs Glow's class prediction from the top "
+                              f"latent in a class-conditional model's training loss: at "
+                              f"least 0 (0.01 in the released conditional run), with "
+                              f"model.conditional=true; got {weight_y}")
+        top_channels = channels * 2 ** (levels + 1)
+        top = ([TopClassPredictor(top_channels, n_classes, weight_y, channels * height * width)]
+               if weight_y else [])
         layers = glow_level((channels, height, width), levels, steps, n_filters, n_blocks,
-                            network, coupling, n_classes)
+                            network, coupling, n_classes, top)
         super().__init__(layers, StandardNormal(tuple(event_shape)), n_classes)
         self.levels = levels

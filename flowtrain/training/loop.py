@@ -173,8 +173,11 @@ class Trainer:
         with autocast(self.device, self.cfg.precision):
             nll = negative_log_likelihood(self.trained, state.preprocessing, batch,
                                           keep=self.batch_slice, context=labels).mean()
+        # what a model adds to its loss beyond -log p (Glow's class prediction); the
+        # logged and reported numbers stay the likelihood's
+        penalty = state.model.training_penalty()
         state.optimizer.zero_grad(set_to_none=True)
-        nll.backward()
+        (nll if penalty is None else nll + penalty.mean()).backward()
         self.ranks.average_gradients(self.dequant_parameters)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
