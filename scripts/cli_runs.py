@@ -58,6 +58,12 @@ def selection(metrics: dict, per_dim: str = "bpd", digits: int = 3) -> str:
             f"{metrics[f'test_{per_dim}']:.{digits}f}")
 
 
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A results table as the README writes them."""
+    lines = ["| " + " | ".join(headers) + " |", "| --- " * len(headers) + "|"]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
 def setup_line(overrides: list[str]) -> str:
     """Where the numbers of a results table came from."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cli_runs import run, setup_line
+from cli_runs import markdown_table, run, setup_line
 from conditional_digits import class_accuracy, fitted_classifier
 
 from flowtrain.data.images import Digits
@@ -39,11 +39,10 @@ def main(extra: list[str]) -> None:
     (REPO / "docs" / "glow_class_prediction.json").write_text(json.dumps(
         {"setup": setup_line(extra), "runs": results}, indent=2) + "\n")
     print(setup_line(extra))
-    print("| model.weight_y | test bpd given the class (best.pt) | samples read as their class |")
-    print("| --- | --- | --- |")
-    for weight, result in results.items():
-        print(f"| {weight} | {result['metrics']['test_bpd_at_best']:.3f} | "
-              f"{result['sample_class_accuracy']:.1%} |")
+    print(markdown_table(
+        ["model.weight_y", "test bpd given the class (best.pt)", "samples read as their class"],
+        [[weight, f"{result['metrics']['test_bpd_at_best']:.3f}",
+          f"{result['sample_class_accuracy']:.1%}"] for weight, result in results.items()]))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from cli_runs import run, save_panels, setup_line  # noqa: E402
+from cli_runs import markdown_table, run, save_panels, setup_line  # noqa: E402
 from conditional_digits import PER_CLASS, SHOWN_PER_ROW, fitted_classifier  # noqa: E402
 
 import flowtrain  # noqa: E402
@@ -72,14 +72,12 @@ def main(weights: list[float], extra: list[str]) -> None:
     (REPO / "docs" / "tarflow_guidance.json").write_text(json.dumps(
         {"setup": setup_line(extra), "weights": weights, "runs": results}, indent=2) + "\n")
     print(setup_line(extra))
-    print("| training | test bpd given the class (best.pt) | "
-          + " | ".join(f"read as their class, guidance {weight:g}" for weight in weights)
-          + " |")
-    print("| --- " * (2 + len(weights)) + "|")
-    for name, result in results.items():
-        print(f"| {name} | {result['metrics']['test_bpd_at_best']:.3f} | "
-              + " | ".join(f"{result['sample_class_accuracy'][weight]:.1%}"
-                           for weight in weights) + " |")
+    print(markdown_table(
+        ["training", "test bpd given the class (best.pt)",
+         *(f"read as their class, guidance {weight:g}" for weight in weights)],
+        [[name, f"{result['metrics']['test_bpd_at_best']:.3f}",
+          *(f"{result['sample_class_accuracy'][weight]:.1%}" for weight in weights)]
+         for name, result in results.items()]))
 
 
 if __name__ == "__main__":
