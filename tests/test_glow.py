@@ -12,6 +12,7 @@ from conftest import read_metrics, run_cli
 
 from flowtrain.errors import ConfigError
 from flowtrain.flows.actnorm import ActNorm
+from flowtrain.flows.conditioning import TopClassPredictor
 from flowtrain.flows.glow import Glow
 from flowtrain.flows.invconv import InvertibleConv1x1
 from flowtrain.flows.mixture import bounded_log_scale
@@ -262,7 +263,7 @@ def test_the_class_prediction_adds_to_the_training_loss_and_never_to_the_likelih
     glow.log_prob(x, labels)
     glow.training_penalty().sum().backward()
     classifier = next(module.classifier for module in glow.modules()
-                      if hasattr(module, "classifier"))
+                      if isinstance(module, TopClassPredictor))
     assert classifier.linear.weight.grad.abs().sum() > 0  # it learns
     # the same weights without the predictor (a Glow of one part fewer): the same density
     plain = Glow((1, 8, 8), levels=2, steps=1, n_filters=4, conditional=True,

@@ -61,6 +61,10 @@ class TrainingPenalty(nn.Module):
         penalty, self.penalty = self.penalty, None
         return penalty
 
+    def train(self, mode: bool = True) -> TrainingPenalty:
+        self.penalty = None  # a penalty left untaken holds its graph (and blocks deepcopy)
+        return super().train(mode)
+
 
 class Compose(Bijection):
     """f = f_n o ... o f_1, log|det| summed over the parts (nflows' CompositeTransform).

@@ -127,22 +127,22 @@ class TopClassPredictor(Bijection, TrainingPenalty):
     z's spatial mean: Glow's predictive loss (openai/glow model.py ``_f_loss``: h_y =
     reduce_mean(z, [1, 2]), ``linear_zeros("classifier")``, bits_y = cross-entropy / ln 2,
     loss = bits_x + weight_y * bits_y). In flowtrain's units, nats per example, that is
-    ``weight`` * ``n_dims`` * cross-entropy (bits_x is per dimension)."""
+    ``weight_y`` * ``n_dims`` * cross-entropy (bits_x is per dimension)."""
 
     volume_preserving = True
 
-    def __init__(self, n_channels: int, n_classes: int, weight: float, n_dims: int):
+    def __init__(self, n_channels: int, n_classes: int, weight_y: float, n_dims: int):
         super().__init__()
         self.classifier = ZeroLinear(n_channels, n_classes)
         self.n_classes = n_classes
-        self.weight = weight
+        self.weight_y = weight_y
         self.n_dims = n_dims
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.training:
             labels = checked_labels(context, x.shape[0], self.n_classes)
-            logits = self.classifier(x.mean(dim=(2, 3))).to(x.dtype)  # out of bf16
-            self.penalty = (self.weight * self.n_dims
+            logits = self.classifier(x.mean(dim=(2, 3)))
+            self.penalty = (self.weight_y * self.n_dims
                             * F.cross_entropy(logits, labels, reduction="none"))
         return x, x.new_zeros(x.shape[0])
 
