@@ -66,7 +66,9 @@ class WeightDecayOn(str, Enum):
 
 class Task(str, Enum):
     train = "train"
-    eval = "eval"  # bits/dim of the checkpoint named by ckpt=... on eval.split: eval.json
+    # bits/dim of the checkpoint named by ckpt=... on eval.split: eval.json, every
+    # example's in eval_examples.npz, and pictures of them
+    eval = "eval"
     sample = "sample"  # samples, pictures and (images) a latent interpolation from ckpt=...
 
 
