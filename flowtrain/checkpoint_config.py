@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from flowtrain.command_line import read_command_line
 from flowtrain.config import SCHEMAS, Config
 from flowtrain.errors import CheckpointError, ConfigError
 
@@ -74,16 +75,14 @@ def with_checkpoint_choices(argv: list[str]) -> list[str]:
     groups (``data.root=...``) compose against the options the checkpoint was trained
     with rather than the defaults. Anything unusual is left alone: the task itself then
     reports a missing or corrupt checkpoint."""
-    words = argv[1:]
-    values = dict(word.split("=", 1) for word in words if "=" in word)
-    if (values.get("task") not in ("eval", "sample") or not values.get("ckpt")
-            or {"-m", "--multirun"} & set(words)):
+    line = read_command_line(argv)
+    if (line is None or str(line.values.get("task")) not in ("eval", "sample")
+            or not line.values.get("ckpt") or line.sweep):
         return argv
-    choices = _stored_choices(Path(values["ckpt"].strip("'\"")).expanduser())
-    named = {key.lstrip("+~") for key in values}
+    choices = _stored_choices(Path(str(line.values["ckpt"])).expanduser())
     added = [f"{group}={choices[group]}" for group in _SET_BY_CHOICES
-             if isinstance(choices.get(group), str) and group not in named]
-    return [argv[0], *added, *words]
+             if isinstance(choices.get(group), str) and group not in line.named]
+    return [argv[0], *added, *argv[1:]]
 
 
 def _stored_choices(path: Path) -> dict[str, Any]:

@@ -121,9 +121,17 @@ def test_the_checkpoints_options_come_first_unless_the_command_line_names_them(t
     argv = ["flowtrain", "task=eval", f"ckpt={checkpoint}", "data=cifar10", "data.root=/d"]
     assert with_checkpoint_choices(argv) == ["flowtrain", "model=glow", "dequant=uniform",
                                              *argv[1:]]
+    # read as Hydra reads it: a quoted path, and a group named by ++ counts as named
+    spaced = tmp_path / "a run" / "last.pt"
+    spaced.parent.mkdir()
+    spaced.write_bytes(checkpoint.read_bytes())
+    quoted = ["flowtrain", "task=sample", f"ckpt='{spaced}'", "++model=glow"]
+    assert with_checkpoint_choices(quoted) == ["flowtrain", "data=mnist", "dequant=uniform",
+                                               *quoted[1:]]
     for untouched in (["flowtrain", f"ckpt={checkpoint}"],  # training
                       ["flowtrain", "task=eval", f"ckpt={tmp_path / 'absent.pt'}"],
-                      ["flowtrain", "-m", "task=eval", f"ckpt={checkpoint}"]):
+                      ["flowtrain", "-m", "task=eval", f"ckpt={checkpoint}"],
+                      ["flowtrain", "--multi", "task=eval", f"ckpt={checkpoint}"]):
         assert with_checkpoint_choices(untouched) == untouched
 
 

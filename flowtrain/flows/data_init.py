@@ -11,9 +11,7 @@ from torch import Tensor, nn
 def batch_moments(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Mean and (biased) variance of ``x`` over ``dims``, over the global batch when it is
     split across processes (all-reduced), so that a data-dependent initialization leaves
-    every process identical. In float32 at least: a network's bf16 outputs would lose the
-    variance to cancellation in mean(x^2) - mean(x)^2, and a layer scaled by it blows up."""
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    every process identical."""
     mean, mean_square = x.mean(dim=dims), x.square().mean(dim=dims)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         stats = torch.stack([mean, mean_square])

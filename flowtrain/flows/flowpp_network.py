@@ -60,8 +60,7 @@ class DataInitConv2d(nn.Conv2d, InitializedOnFirstBatch):
     def initialize(self, x: Tensor) -> None:
         mean, variance = batch_moments(self._conv_forward(x, self.weight, None), (0, 2, 3))
         scale = torch.where(variance > _RELEASED_VARIANCE_EPS,
-                            self.init_scale * torch.rsqrt(variance.clamp_min(0)
-                                                          + _RELEASED_VARIANCE_EPS),
+                            self.init_scale * torch.rsqrt(variance + _RELEASED_VARIANCE_EPS),
                             torch.ones_like(variance))
         self.weight.mul_(scale.view(-1, 1, 1, 1))
         self.bias.copy_(-mean * scale)

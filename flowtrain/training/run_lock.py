@@ -15,7 +15,6 @@ filesystem whose locks hang or fail.
 from __future__ import annotations
 
 import errno
-import io
 import json
 import logging
 import os
@@ -23,9 +22,10 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager
 from pathlib import Path
 
+from flowtrain.command_line import read_command_line
 from flowtrain.errors import FlowtrainError
 
 log = logging.getLogger(__name__)
@@ -143,30 +143,14 @@ def run_dir_named_in(argv: list[str]) -> Path | None:
     a rank other than 0, a command that only prints (``--cfg``, ``--help``, ``--info``, shell
     completion), a folder Hydra picks itself (new and empty), one set in a config file, or
     one it interpolates (``${now:...}``, known only once Hydra resolves it): those are
-    locked when training starts. The command line is read by Hydra's own parsers, so the
-    folder is the one Hydra will use; a line they refuse is left to Hydra to report."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
-    from hydra.errors import HydraException
-
-    try:
-        with redirect_stderr(io.StringIO()):  # Hydra says it again, once, when it runs
-            args = get_args_parser().parse_args(argv[1:])
-        overrides = OverridesParser.create().parse_overrides(args.overrides)
-    except (SystemExit, HydraException):
+    locked when training starts."""
+    line = read_command_line(argv)
+    if (line is None or line.sweep or line.only_prints
+            or str(line.values.get("task", "train")) != "train"
+            or os.environ.get("RANK", "0") != "0"):
         return None
-    if (args.multirun or args.cfg or args.help or args.hydra_help or args.info
-            or args.shell_completion or os.environ.get("RANK", "0") != "0"):
-        return None
-    # +hydra.run.dir (ADD) is refused by Hydra, since the key exists; ~ deletes it
-    values = {override.key_or_group: override.value() for override in overrides
-              if override.type in (OverrideType.CHANGE, OverrideType.FORCE_ADD)}
-    if (str(values.get("hydra.mode", "")).upper() == "MULTIRUN"
-            or str(values.get("task", "train")) != "train"):
-        return None
-    folder = values.get("hydra.run.dir")
-    # Hydra does not expand ~ either: hydra.run.dir=~/x is a folder named ~ in the cwd.
+    folder = line.values.get("hydra.run.dir")
+    # Hydra does not expand ~ either: hydra.run.dir='~/x' is a folder named ~ in the cwd.
     if not isinstance(folder, (str, int, float)) or "${" in str(folder) or not str(folder):
         return None
     return Path(str(folder))
