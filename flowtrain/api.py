@@ -112,9 +112,11 @@ class TrainedFlow:
                                  f"{self.levels - 1}; got {x.dtype} values (values in [0, 1],"
                                  f" as torchvision's ToTensor gives, become those integers by "
                                  f"(x * {self.levels - 1}).round().to(torch.uint8))")
-            if len(x) and (x.min() < 0 or x.max() >= self.levels):
+            # as Python ints: a uint8 tensor compared with 256 wraps it to 0
+            low, high = (int(x.min()), int(x.max())) if len(x) else (0, 0)
+            if low < 0 or high >= self.levels:
                 raise ValueError(f"values must lie in 0 .. {self.levels - 1}; got "
-                                 f"{int(x.min())} .. {int(x.max())}")
+                                 f"{low} .. {high}")
         size = int(self.config["train"]["eval_batch_size"])
         return [batch.to(self.device, torch.float32) for batch in x.split(size)]
 

@@ -19,7 +19,6 @@ from flowtrain.data.base import LABELLED_DATA_SETS, FlowData
 from flowtrain.errors import CheckpointError, ConfigError
 from flowtrain.flows.base import Bijection, FlowModel
 from flowtrain.likelihood import Identity, Preprocessing, Standardize
-from flowtrain.training.augment import check_shift_range
 from flowtrain.training.average import WeightAverage
 from flowtrain.training.batches import BatchStream
 from flowtrain.training.checkpoint import (
@@ -122,7 +121,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_command: str = "",
     saved = load_checkpoint(checkpoint) if checkpoint is not None else None
     if saved is not None:
         check_same_setup(saved.get("config", {}), config, checkpoint)
-    check_shift_range(cfg.data.get("shift", 0.0))  # before gigabytes of images are read
     with ranks.main_first():  # one download, not one per rank
         data: FlowData = instantiate(cfg.data)
     if saved is not None:

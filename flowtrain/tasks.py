@@ -33,7 +33,7 @@ from flowtrain.config import SampleConfig, Split, Task
 from flowtrain.data.base import FlowData, as_stored
 from flowtrain.errors import ConfigError, DataError, user_error_in
 from flowtrain.flows.base import FlowModel
-from flowtrain.flows.tarflow import Guidance, guided
+from flowtrain.flows.tarflow import guided
 from flowtrain.latent import interpolate
 from flowtrain.likelihood import Preprocessing, bits_per_dim
 from flowtrain.training.checkpoint import load_checkpoint
@@ -206,19 +206,6 @@ def save_examples(data: FlowData, split: str, examples: dict[str, torch.Tensor],
     return ["eval_examples.npz", *(f"{name}.png" for name in pictures)]
 
 
-def check_sample_config(cfg: SampleConfig) -> None:
-    if cfg.n < 1 or cfg.interpolation_steps < 2 or cfg.interpolation_pairs < 0:
-        raise ConfigError(f"sample.n must be at least 1, sample.interpolation_steps at least 2 "
-                          f"and sample.interpolation_pairs at least 0; got {cfg.n}, "
-                          f"{cfg.interpolation_steps} and {cfg.interpolation_pairs}")
-    if cfg.temperature <= 0:
-        raise ConfigError(f"sample.temperature must be positive; got {cfg.temperature}")
-    try:
-        Guidance(cfg.guidance, cfg.guidance_annealed)
-    except ConfigError as error:
-        raise ConfigError(f"sample.{error}") from None
-
-
 def _as_data(values: torch.Tensor, levels: int | None) -> np.ndarray:
     return as_stored(values.cpu(), levels).numpy()
 
@@ -358,8 +345,6 @@ def run_checkpoint_task(cfg: DictConfig, run_dir: Path, typed_overrides: list[st
                         ) -> float | None:
     """``task=eval`` (returns the test bits/dim) or ``task=sample`` (returns None)."""
     task = Task(cfg.task)
-    if task is Task.sample:
-        check_sample_config(cfg.sample)  # before any loading
     restored = restore_checkpoint(cfg, typed_overrides)
     if task is Task.eval:
         return evaluate_checkpoint(restored, run_dir)

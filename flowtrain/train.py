@@ -18,6 +18,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from flowtrain.checkpoint_config import RECORDED_GROUPS, with_checkpoint_choices
 from flowtrain.config import Task, config_dir, register_configs
+from flowtrain.config_ranges import check_ranges
 from flowtrain.data.base import UNIT_NAMES
 from flowtrain.errors import ConfigError, NonFiniteError, user_error_in
 from flowtrain.sweeps import check_sweep_selects, objective_key, result_unit, run_identity
@@ -72,6 +73,7 @@ def main() -> None:
 
 
 def run_task(cfg: DictConfig) -> float | None:
+    check_ranges(cfg)  # a sweep's job: its own values (a single run's passed RangeCheck)
     task = Task(cfg.task)
     hydra_config = HydraConfig.get()
     if task is Task.train:

@@ -168,9 +168,11 @@ class FlowPlusPlus(FlowModel):
         channels, height, width = image_shape(event_shape, "model=flowpp", FOR_POINTS)
         n_classes = class_count(conditional, n_classes, "model=flowpp")
         check_network_options("model", n_filters, n_blocks, n_components, heads, dropout)
-        if min(column_in, channelwise, column_out) < 0:
-            raise ConfigError("model.column_in, model.channelwise and model.column_out must "
-                              "be at least 0")
+        if min(column_in, channelwise, column_out) < 0 or column_in + channelwise \
+                + column_out < 1:
+            raise ConfigError(f"model.column_in, model.channelwise and model.column_out must "
+                              f"be at least 0, and at least one step in all; got "
+                              f"{column_in}, {channelwise} and {column_out}")
         if height % 2 or width % 4:
             raise ConfigError(f"Flow++ splits columns in pairs before and after a 2x2 squeeze, "
                               f"so the height must be even and the width divisible by 4; got "

@@ -98,6 +98,7 @@ def run_folder_lock(run_dir: Path, hold: bool = True, logging_ready: bool = True
         return
     from filelock import FileLock, Timeout
 
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(run_dir / LOCK_FILE, timeout=0)
     try:
@@ -134,6 +135,11 @@ def run_folder_lock(run_dir: Path, hold: bool = True, logging_ready: bool = True
     finally:
         _held.pop(run_dir, None)
         (run_dir / OWNER_FILE).unlink(missing_ok=True)
+        if created and [path.name for path in run_dir.iterdir()] == [LOCK_FILE]:
+            # a command refused before it wrote anything (a value out of range) leaves no
+            # empty folder behind; removed while still held, so no one else takes it
+            (run_dir / LOCK_FILE).unlink()
+            run_dir.rmdir()
         lock.release()
 
 
