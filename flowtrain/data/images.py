@@ -125,14 +125,14 @@ class PhotoPatches(FlowData):
 
         if size < 2:
             raise DataError(f"data.size must be at least 2; got {size}")
-        patches = torch.cat([_patches(torch.from_numpy(photo.copy()), size)
+        patches = torch.cat([whole_patches(torch.from_numpy(photo.copy()), size)
                              for photo in load_sample_images().images])
         train, val, test = split_shuffled(patches, n_test, n_val, seed, "photo_patches")
         super().__init__(train, test, name="photo_patches", levels=256, val=val, hflip=hflip,
                          shift=shift)
 
 
-def _patches(photo: Tensor, size: int) -> Tensor:
+def whole_patches(photo: Tensor, size: int) -> Tensor:
     """[H, W, C] -> [N, C, size, size]: the whole non-overlapping patches, row by row."""
     rows, columns = photo.shape[0] // size, photo.shape[1] // size
     grid = photo[:rows * size, :columns * size].permute(2, 0, 1)
