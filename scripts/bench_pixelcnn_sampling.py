@@ -1,6 +1,6 @@
 """Time sampling 64 images from model=pixelcnn_arflow (default size) at 1x28x28 and 3x32x32.
 
-    uv run python scripts/bench_pixelcnn_sampling.py [--device cpu|cuda] [--write-readme]
+    uv run python scripts/bench_pixelcnn_sampling.py [--device cpu|cuda] [--write-results]
 
 Sampling an autoregressive flow needs one network pass per value (H x W x C). flowtrain's
 sampler runs each pass over the whole batch and only over the window the value's parameters
@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--network", default="gated", choices=["gated", "plain"])
-    parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--write-results", action="store_true",
+                        help="put the table into docs/RESULTS.md")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -84,7 +85,7 @@ def main() -> None:
                      "speedup": round(plain / ours, 2), "device": name,
                      "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
         print(json.dumps(rows[-1]))
-    if args.write_readme:
+    if args.write_results:
         table = [BEGIN, "| image | network | samples | network passes | flowtrain (s) | "
                  "plain baseline (s) | speed-up | device | torch | date |",
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -93,12 +94,12 @@ def main() -> None:
                   f"{r['plain_seconds']} | {r['speedup']}x | {r['device']} | {r['torch']} | "
                   f"{r['date']} |" for r in rows]
         table.append(END)
-        readme = REPO / "README.md"
-        text = readme.read_text()
+        results = REPO / "docs" / "RESULTS.md"
+        text = results.read_text()
         pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no {BEGIN} ... {END} block to fill")
-        readme.write_text(pattern.sub(lambda _: "\n".join(table), text))
+            raise SystemExit(f"docs/RESULTS.md has no {BEGIN} ... {END} block to fill")
+        results.write_text(pattern.sub(lambda _: "\n".join(table), text))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ beside the reference the defaults must reach: RealNVP at 32 filters and 2 blocks
 the seed's block (``residual_block=bottleneck``). Each finished run is saved at once in
 docs/benchmark.json (a stopped benchmark goes on where it stopped with --resume), and
 the table (test bits/dim of best.pt, train bits/dim, images/s, best step) is written
-into docs/RESULTS.md with the date, machine and commit.
+into docs/RESULTS.md with the date, machine and commit, and its summary (test bits/dim
+at equal steps, a model a row and a set a column) into the README.
 
     uv sync --extra benchmark
     uv run python scripts/benchmark.py                       # everything (hours on a CPU)
@@ -36,7 +37,9 @@ from cli_runs import markdown_table, run, steps_in, training_seconds
 from flowtrain.data.benchmark_sets import SETS, write_set
 
 REPO = Path(__file__).resolve().parent.parent
-START, END = "<!-- benchmark table: scripts/benchmark.py -->", "<!-- end of benchmark table -->"
+TABLE = "<!-- benchmark table: scripts/benchmark.py -->", "<!-- end of benchmark table -->"
+SUMMARY = ("<!-- benchmark summary: scripts/benchmark.py -->",
+           "<!-- end of benchmark summary -->")
 
 REFERENCE = "realnvp_seed_block"
 MODELS = {
@@ -158,20 +161,48 @@ def table(results: dict) -> str:
     return markdown_table(headers, rows)
 
 
-def write_table(results: dict, path: Path) -> None:
-    """The table, with where it came from, between the markers in ``path``
-    (docs/RESULTS.md), or at its end the first time."""
+def summary(results: dict) -> str:
+    """The README's table: test bits/dim of best.pt at equal steps, a model a row and a
+    set a column, the best of each set in bold."""
+    runs = results["runs"]
+    set_names = [name for name in ("digits", *SETS)
+                 if any(key.startswith(f"{name}/") for key in runs)]
+    scores = {(set_name, model): runs[f"{set_name}/{model}/steps"]["test_bpd_at_best"]
+              for set_name in set_names for model in MODELS
+              if f"{set_name}/{model}/steps" in runs}
+    best = {set_name: min(value for (name, _), value in scores.items() if name == set_name)
+            for set_name in set_names}
+    rows = []
+    for model in MODELS:
+        if not any((set_name, model) in scores for set_name in set_names):
+            continue
+        cells = []
+        for set_name in set_names:
+            value = scores.get((set_name, model))
+            text = "-" if value is None else f"{value:.3f}"
+            cells.append(f"**{text}**" if value is not None and value == best[set_name]
+                         else text)
+        rows.append([model, *cells])
+    return markdown_table(["model", *set_names], rows)
+
+
+def fill(path: Path, markers: tuple[str, str], body: str) -> None:
+    """``body`` between the two ``markers`` in ``path`` (after its end, the first time)."""
+    start, end = markers
     text = path.read_text() if path.exists() else ""
-    block = (f"{START}\nMeasured {results['date']} on {results['machine']}, torch's default "
-             f"threads, commit {results['commit']}; {results['budget']['steps']} steps of "
-             f"{results['budget']['batch']}; `uv run python scripts/benchmark.py` (every "
-             f"run's numbers: docs/benchmark.json).\n\n{table(results)}\n{END}")
-    if START in text:
-        before, rest = text.split(START, 1)
-        text = before + block + rest.split(END, 1)[1]
+    block = f"{start}\n{body}\n{end}"
+    if start in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def source_line(results: dict) -> str:
+    return (f"Measured {results['date']} on {results['machine']}, torch's default threads, "
+            f"commit {results['commit']}; {results['budget']['steps']} steps of "
+            f"{results['budget']['batch']}.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "benchmark")
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "benchmark.json")
     parser.add_argument("--table", type=Path, default=REPO / "docs" / "RESULTS.md")
+    parser.add_argument("--summary", type=Path, default=REPO / "README.md")
     parser.add_argument("--resume", action="store_true",
                         help="keep docs/benchmark.json's runs and train only what it lacks")
     args = parser.parse_args(argv)
@@ -199,7 +231,9 @@ def main(argv: list[str] | None = None) -> None:
                             args.budgets.split(","), args.runs,
                             load_results(args.results, args.resume, args.steps, args.batch),
                             save=lambda results: save_results(results, args.results))
-    write_table(results, args.table)
+    fill(args.table, TABLE, f"{source_line(results)} Every run's numbers: "
+                            f"docs/benchmark.json.\n\n{table(results)}")
+    fill(args.summary, SUMMARY, f"{summary(results)}\n\n{source_line(results)}")
     print(table(results))
 
 
