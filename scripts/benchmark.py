@@ -71,10 +71,13 @@ def common(steps: int, batch: int) -> list[str]:
 
 
 def row_of(metrics: dict) -> dict:
+    """What the tables need of a run, and where it ran: equal-time budgets compare
+    seconds, so every run of a benchmark must come from one machine."""
     keep = ("steps", "test_bpd_at_best", "test_bpd", "train_bpd", "best_step",
-            "train_samples_per_s", "params", "dequant_params", "wall_s")
+            "train_samples_per_s", "params", "dequant_params", "wall_s", "device")
     return {key: metrics.get(key) for key in keep} | {
-        "train_seconds": training_seconds(metrics)}
+        "train_seconds": training_seconds(metrics), "machine": machine(),
+        "commit": commit()}
 
 
 def machine() -> str:
@@ -87,7 +90,10 @@ def machine() -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, no GPU" if cores else cpu
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {cores} cores, {gpu}"
 
 
 def commit() -> str:
@@ -105,12 +111,21 @@ def load_results(path: Path, resume: bool, steps: int, batch: int) -> dict:
     if results.get("budget") != budget:
         sys.exit(f"{path} holds runs of {results.get('budget')}, not {budget}: leave "
                  f"--resume out to start again")
+    for row in results["runs"].values():  # rows saved before runs named their own
+        row.setdefault("machine", results.get("machine"))
+        row.setdefault("commit", results.get("commit"))
+    elsewhere = {row["machine"] for row in results["runs"].values()} - {machine()}
+    if elsewhere:
+        sys.exit(f"{path} holds runs from {sorted(map(str, elsewhere))}, and this is "
+                 f"{machine()}: equal-time budgets would compare two machines. Give "
+                 f"--results another file, or leave --resume out to start again.")
     return results
 
 
 def save_results(results: dict, path: Path) -> None:
+    commits = sorted({row.get("commit") or commit() for row in results["runs"].values()})
     results |= {"date": datetime.date.today().isoformat(), "machine": machine(),
-                "commit": commit()}
+                "commit": ", ".join(commits) or commit()}
     path.write_text(json.dumps(results, indent=2) + "\n")
 
 

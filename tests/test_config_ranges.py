@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from test_image_folder import write_pictures
 from test_imagenet import write_npz
-from test_images import write_fake_cifar10
+from test_images import write_fake_cifar10, write_fake_mnist
 
 import flowtrain.train  # noqa: F401 - registers the schemas
 from flowtrain.config import SCHEMAS, Config, SampleConfig, TrainConfig, config_dir
@@ -26,10 +26,10 @@ from flowtrain.config_ranges import RANGES, range_errors, unranged_keys
 BAD_VALUES = (0, -1, math.nan, math.inf)
 
 
-def _option_of(group: str, schema_name: str) -> str:
-    """A YAML option of ``group`` built on the schema ``schema_name``."""
-    return min(path.stem for path in (config_dir() / group).glob("*.yaml")
-               if f"/schema/{group}/{schema_name}@" in path.read_text())
+def _options_of(group: str, schema_name: str) -> list[str]:
+    """Every YAML option of ``group`` built on the schema ``schema_name``."""
+    return sorted(path.stem for path in (config_dir() / group).glob("*.yaml")
+                  if f"/schema/{group}/{schema_name}@" in path.read_text())
 
 
 def _numeric_fields(schema: type) -> list[dataclasses.Field]:
@@ -39,21 +39,17 @@ def _numeric_fields(schema: type) -> list[dataclasses.Field]:
 
 
 # (prefix, option override or None, schema) for every section the check knows
-SECTIONS = [(group, f"{group}={_option_of(group, name)}", schema)
-            for group, options in SCHEMAS.items() for name, schema in options.items()]
+SECTIONS = [(group, f"{group}={option}", schema)
+            for group, options in SCHEMAS.items() for name, schema in options.items()
+            for option in _options_of(group, name)]
 SECTIONS += [("train", None, TrainConfig), ("sample", None, SampleConfig), ("", None, Config)]
 POINT_DATA = ("data=gmm1d", "data=toy2d", "data=array")
 
 
-def _default(schema: type, name: str):
-    item = next(item for item in dataclasses.fields(schema) if item.name == name)
-    return None if item.default is dataclasses.MISSING else item.default
-
-
 @pytest.fixture(scope="module")
 def walked() -> set[tuple[str, str | None, object]]:
-    """Walks every (key, bad value); returns the accepted (key, option, value) that differ
-    from the schema's default: each must then run."""
+    """Walks every (key, bad value) of every option; returns the accepted (key, option,
+    value) that differ from the option's own value: each must then run."""
     accepted = set()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         for prefix, option, schema in SECTIONS:
@@ -76,7 +72,7 @@ def walked() -> set[tuple[str, str | None, object]]:
                         assert [line for line in errors if line.startswith(f"{key}=")], \
                             (key, value, errors)
                         assert len(errors) == 1, errors  # the composed defaults pass
-                    elif value != _default(schema, item.name):
+                    elif value != OmegaConf.select(composed, key):
                         accepted.add((key, option, value))
     return accepted
 
@@ -103,13 +99,15 @@ RUNS = {
              "optim.warmup_steps=0", "optim.warmup_epochs=0", "optim.min_lr_ratio=0",
              *TINY_IMAGES],
     "pixelcnn_arflow": ["model=pixelcnn_arflow", "model.n_filters=4", "model.n_blocks=0",
-                        "model.n_components=2", "data=digits", "optim=adamax",
+                        "model.n_components=2", "data=digits", "dequant=variational",
+                        "dequant.n_blocks=0", "dequant.logit_alpha=0", "dequant.n_filters=4",
+                        "dequant.n_couplings=1", "dequant.context_channels=4", "optim=adamax",
                         "optim.warmup_steps=0", "optim.warmup_epochs=0",
                         "optim.min_lr_ratio=0", *TINY_IMAGES],
     "flowpp": ["model=flowpp", "model.n_filters=4", "model.n_blocks=1", "model.heads=1",
                "model.n_components=2", "model.column_in=0", "model.channelwise=0",
                "model.column_out=1", "data=digits", "dequant=flowpp", "dequant.n_blocks=1",
-               "dequant.logit_alpha=0", "dequant.n_filters=4", "dequant.heads=1",
+               "dequant.logit_alpha=0", "dequant.dropout=0", "dequant.n_filters=4", "dequant.heads=1",
                "dequant.n_components=2", "dequant.n_couplings=1", "dequant.context_channels=4",
                "optim=sgd", "optim.warmup_steps=0", "optim.warmup_epochs=0",
                "optim.min_lr_ratio=0", "optim.momentum=0", *TINY_IMAGES],
@@ -126,6 +124,10 @@ RUNS = {
                     "train.n_samples=16", "device=cpu"],
 }
 SAMPLED = ["sample.interpolation_pairs=0"]  # task=sample of the realnvp run
+# accepted by the table, refused by the component that knows the other keys, naming it
+REFUSED_WHEN_BUILT = {
+    "dequant.n_blocks": [*RUNS["flowpp"][:-len(TINY_IMAGES)], "dequant.n_blocks=0",
+                         *TINY_IMAGES]}
 
 
 def _data_files(tmp_path: Path) -> dict[str, list[str]]:
@@ -136,16 +138,22 @@ def _data_files(tmp_path: Path) -> dict[str, list[str]]:
     np.savez(tmp_path / "images.npz", train=rng.integers(0, 256, (20, 4, 4), np.uint8),
              test=rng.integers(0, 256, (5, 4, 4), np.uint8))
     write_fake_cifar10(tmp_path / "cifar")
+    for folder in ("MNIST", "FashionMNIST"):
+        write_fake_mnist(tmp_path / "mnist", folder=folder)
     write_pictures(tmp_path / "pictures", 8)
     write_pictures(tmp_path / "test_pictures", 3)
     write_npz(tmp_path / "imagenet")
+    write_npz(tmp_path / "imagenet64", size=64)
     return {"data=array": [f"data.path={tmp_path / 'points.npz'}"],
             "data=image_array": [f"data.path={tmp_path / 'images.npz'}"],
             "data=cifar10": [f"data.root={tmp_path / 'cifar'}"],
             "data=image_folder": [f"data.root={tmp_path / 'pictures'}",
                                   f"data.test_root={tmp_path / 'test_pictures'}",
                                   "data.size=4"],
-            "data=imagenet32": [f"data.root={tmp_path / 'imagenet'}"]}
+            "data=imagenet32": [f"data.root={tmp_path / 'imagenet'}"],
+            "data=imagenet64": [f"data.root={tmp_path / 'imagenet64'}"],
+            "data=mnist": [f"data.root={tmp_path / 'mnist'}"],
+            "data=fashion_mnist": [f"data.root={tmp_path / 'mnist'}"]}
 
 
 def test_every_accepted_value_is_run_or_loaded(walked, tmp_path, monkeypatch):
@@ -162,7 +170,8 @@ def test_every_accepted_value_is_run_or_loaded(walked, tmp_path, monkeypatch):
             loaded.append((option, word))
         else:
             assert any(word in words and (option is None or option in words)
-                       for words in [*RUNS.values(), SAMPLED]), \
+                       for words in [*RUNS.values(), *REFUSED_WHEN_BUILT.values(),
+                                     SAMPLED]), \
                 f"{word} ({option}) is accepted, and no run below carries it"
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         for option, word in loaded:
@@ -201,13 +210,21 @@ def test_a_value_out_of_range_stops_the_command_before_anything_is_written(tmp_p
     assert list(tmp_path.iterdir()) == []  # no run folder, no log, no data read
 
 
-def test_a_sweep_job_out_of_range_is_refused_by_its_own_job(tmp_path):
+@pytest.mark.parametrize("key", list(REFUSED_WHEN_BUILT))
+def test_a_value_only_its_component_refuses_is_named(key, tmp_path):
+    result = run_cli(*REFUSED_WHEN_BUILT[key], f"hydra.run.dir={tmp_path / 'run'}",
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert key in result.stdout
+
+
+def test_a_sweep_with_a_value_out_of_range_stops_before_any_job(tmp_path):
     words = [word for word in RUNS["mixture_cdf"] if word != "data.n_val=0"]
     result = run_cli("-m", *words, "data.n_val=16", "train.batch_size=8,0",
                      f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, check=False)
-    assert result.returncode != 0
-    assert "train.batch_size=0: train.batch_size must be at least 1" in (result.stdout
-                                                                         + result.stderr)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.batch_size=0: train.batch_size must be at least 1" in result.stderr
+    assert not (tmp_path / "sweep").exists()  # no job ran
 
 
 def test_a_flow_with_no_step_is_refused_naming_its_keys(tmp_path):

@@ -18,7 +18,8 @@ from flowtrain.errors import ConfigError
 
 
 def check_shift_range(shift: float) -> None:
-    """``data.shift`` is a fraction of an image's size; checked before any data is read."""
+    """``data.shift`` is a fraction of an image's size (a run's config is checked before
+    any data is read by flowtrain/config_ranges.py; this guards BatchStream's callers)."""
     if not 0.0 <= shift < 1.0:
         raise ConfigError(f"data.shift is a fraction of the image's height and width, in "
                           f"[0, 1) (Glow's is 0.1); got {shift}")

@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from flowtrain.command_line import read_command_line
@@ -135,12 +135,17 @@ def run_folder_lock(run_dir: Path, hold: bool = True, logging_ready: bool = True
     finally:
         _held.pop(run_dir, None)
         (run_dir / OWNER_FILE).unlink(missing_ok=True)
-        if created and [path.name for path in run_dir.iterdir()] == [LOCK_FILE]:
-            # a command refused before it wrote anything (a value out of range) leaves no
-            # empty folder behind; removed while still held, so no one else takes it
-            (run_dir / LOCK_FILE).unlink()
-            run_dir.rmdir()
-        lock.release()
+        try:
+            if created and [path.name for path in run_dir.iterdir()] == [LOCK_FILE]:
+                # a command refused before it wrote anything (a value out of range) leaves
+                # no empty folder behind; removed while still held, so no one takes it
+                # meanwhile. Where that cannot be done (NFS keeps an open file's .nfs
+                # copy), the folder stays: it is only tidying.
+                with suppress(OSError):
+                    (run_dir / LOCK_FILE).unlink()
+                    run_dir.rmdir()
+        finally:
+            lock.release()
 
 
 def run_dir_named_in(argv: list[str]) -> Path | None:
