@@ -28,7 +28,8 @@ RUN_TIMEOUT_S = 300  # one flowtrain run, in this process or in a subprocess
 # their number of tests and leave the three long torchrun tests for last.
 LONGEST_FIRST = ("test_distributed.py", "test_rank_faults.py", "test_cli.py",
                  "test_accuracy.py", "test_sweeps.py", "test_survival.py", "test_install.py",
-                 "test_tasks.py", "test_images.py")
+                 "test_tasks.py", "test_images.py", "test_benchmark.py",
+                 "test_config_ranges.py", "test_data_kinds.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

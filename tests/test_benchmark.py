@@ -44,6 +44,7 @@ def in_process(monkeypatch, tmp_path):
         return json.loads((run_dir / "metrics.json").read_text())
 
     monkeypatch.setattr(cli_runs, "train", train)
+    monkeypatch.setattr(cli_runs, "CALIBRATION_STEPS", 4)  # the equal-time probe's steps
 
 
 def test_the_script_writes_its_table_and_summary_and_resumes(in_process, tmp_path):
