@@ -151,7 +151,7 @@ class FlowPlusPlusConfig:
     # p(x | class) on labelled data: the class labels condition the model (docs/CONFIG.md)
     conditional: bool = False
     # released: the released data-dependent initialization of every layer (0.08 bits/dim
-    # better on digits, README's results); identity: every coupling starts as the identity
+    # better on digits, docs/RESULTS.md); identity: every coupling starts as the identity
     # (zero output convolutions), the default before 2026-12-02
     init: FlowppInit = FlowppInit.released
 

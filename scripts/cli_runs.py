@@ -59,7 +59,7 @@ def selection(metrics: dict, per_dim: str = "bpd", digits: int = 3) -> str:
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A results table as the README writes them."""
+    """A results table as docs/RESULTS.md writes them."""
     lines = ["| " + " | ".join(headers) + " |", "| --- " * len(headers) + "|"]
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
 

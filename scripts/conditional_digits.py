@@ -11,7 +11,7 @@ enough and p(y | x) <= 1; two learned models' difference can land on either side
 
 Writes docs/conditional_digits.png (the most class-accurate model's samples, one row per
 digit), docs/conditional_digits_models.png (every model's) and
-docs/conditional_comparison.json, and prints the README's table. Every run uses uniform
+docs/conditional_comparison.json, and prints docs/RESULTS.md's table. Every run uses uniform
 dequantization, so every bits/dim is the same discrete bound. ``--jobs 2`` trains two
 runs at a time (each with one torch thread); ``--runs DIR`` keeps the runs, and a second
 call reuses the finished ones:

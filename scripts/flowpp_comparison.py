@@ -3,7 +3,7 @@ through the real CLI: at an equal step budget (the digits regime's 1500 steps of
 at equal training time (RealNVP's training seconds for those steps; each other model is
 timed on a short run first and gets the steps that fit). Writes
 docs/flowpp_digits_samples.png (the equal-step runs' last sample grids) and
-docs/flowpp_comparison.json, and prints the README's markdown tables.
+docs/flowpp_comparison.json, and prints docs/RESULTS.md's markdown tables.
 
 Every run reports the uniform-dequantization bound and the importance-weighted estimate
 over ``EVAL_SAMPLES`` noise draws.

@@ -3,7 +3,7 @@ through the real CLI: class-conditional Glow trained with and without it, 1500 s
 64, uniform dequantization. For each best.pt: the test bits/dim given the class, and how
 often the classifier of ``conditional_digits.py`` reads a sample drawn of class k as k
 (100 samples of each digit). Writes docs/glow_class_prediction.json and prints the
-README's table.
+docs/RESULTS.md's table.
 
     uv run python scripts/glow_class_prediction.py [overrides...]
 """

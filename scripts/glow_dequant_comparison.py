@@ -1,6 +1,6 @@
 """RealNVP and Glow, each with uniform and variational dequantization, on digits at the same
 step budget through the real CLI: writes docs/glow_dequant_samples.png (the last sample grid
-of each run) and docs/glow_dequant.json, and prints the README's markdown table.
+of each run) and docs/glow_dequant.json, and prints docs/RESULTS.md's markdown table.
 
 Every run also reports the importance-weighted test estimate over the same number of noise
 draws (``dequant.eval_samples``), so the bound and the estimate compare across both kinds of

@@ -1,4 +1,4 @@
-"""The README's table of densities known in closed form, through the real CLI: the 1-D
+"""docs/RESULTS.md's table of densities known in closed form, through the real CLI: the 1-D
 mixture flow (both families) on gmm1d, and arflow2d on the 2-D Gaussian mixture that
 tests/test_accuracy.py writes as an array file (the same mixture and sampler, imported
 from there so the two cannot drift apart).

@@ -4,7 +4,7 @@ defaults, through the real CLI: at an equal step budget (the digits regime's 150
 model is timed on a short run first and gets the steps that fit). Then the time to draw 64
 samples from each equal-step run's best.pt through ``flowtrain.load`` (TarFlow with and
 without its key/value cache). Writes docs/tarflow_digits_samples.png and
-docs/tarflow_comparison.json, and prints the README's markdown tables.
+docs/tarflow_comparison.json, and prints docs/RESULTS.md's markdown tables.
 
 Every run uses uniform dequantization, so every bits/dim is the same discrete bound.
 On a shared machine, pin it to one core so the timings do not fight other work:

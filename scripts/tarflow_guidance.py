@@ -5,7 +5,7 @@ dequantization. For each best.pt it reports the test bits/dim given the class an
 each guidance weight, how often the classifier of ``conditional_digits.py`` reads a
 sample drawn of class k as k (100 samples of each digit). Writes
 docs/tarflow_guidance.json and docs/tarflow_guidance.png (the samples of the dropped-label
-model at each weight) and prints the table for the README.
+model at each weight) and prints the table for docs/RESULTS.md.
 
     uv run python scripts/tarflow_guidance.py [--weights 0,1,2,3] [overrides...]
 """
