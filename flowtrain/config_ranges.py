@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -303,23 +302,14 @@ def swept_range_errors(config: DictConfig) -> list[str]:
         key = override.key_or_group
         if not override.is_sweep_override() or OmegaConf.select(config, key) is None:
             continue
-        for value in override.sweep_string_iterator():
+        for value in override.sweep_iterator():  # typed as Hydra parses them
             trial = config.copy()
             try:
-                OmegaConf.update(trial, key, yaml_value(value), merge=True)
+                OmegaConf.update(trial, key, value, merge=True)
             except OmegaConfBaseException:
                 continue  # a value of the wrong type: the job says so
             errors += [line for line in range_errors(trial) if line.startswith(f"{key}=")]
     return errors
-
-
-def yaml_value(text: str) -> Any:
-    """A swept value as Hydra reads one from the command line (0, 1e-3, nan, inf)."""
-    return (
-        yaml.safe_load(text.replace("nan", ".nan").replace("inf", ".inf"))
-        if text.lower() in ("nan", "inf", "-inf")
-        else yaml.safe_load(text)
-    )
 
 
 def unranged_keys() -> list[str]:
