@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
 import torch
+from cli_runs import fill_between_markers, markdown_table
 
 from flowtrain.flows.mixture import ScalarMixture
 from flowtrain.flows.pixelcnn import PixelCNNFlow, PixelCNNMixtureCDF
@@ -86,21 +86,13 @@ def main() -> None:
                      "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
         print(json.dumps(rows[-1]))
     if args.write_results:
-        table = [BEGIN, "| image | network | samples | network passes | flowtrain (s) | "
-                 "plain baseline (s) | speed-up | device | torch | date |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        table += [f"| {r['shape']} | {r['network']} | {r['n']} | {r['network_passes']} | "
-                  f"{r['seconds']} | "
-                  f"{r['plain_seconds']} | {r['speedup']}x | {r['device']} | {r['torch']} | "
-                  f"{r['date']} |" for r in rows]
-        table.append(END)
-        results = REPO / "docs" / "RESULTS.md"
-        text = results.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"docs/RESULTS.md has no {BEGIN} ... {END} block to fill")
-        results.write_text(pattern.sub(lambda _: "\n".join(table), text))
-
+        table = markdown_table(
+            ["image", "network", "samples", "network passes", "flowtrain (s)",
+             "plain baseline (s)", "speed-up", "device", "torch", "date"],
+            [[r["shape"], r["network"], str(r["n"]), str(r["network_passes"]),
+              str(r["seconds"]), str(r["plain_seconds"]), f"{r['speedup']}x", r["device"],
+              r["torch"], r["date"]] for r in rows])
+        fill_between_markers(REPO / "docs" / "RESULTS.md", (BEGIN, END), table)
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cli_runs import markdown_table, run, steps_in, training_seconds
+from cli_runs import fill_between_markers, markdown_table, run, steps_in, training_seconds
 
 from flowtrain.data.benchmark_sets import SETS, write_set
 
@@ -201,19 +201,6 @@ def summary(results: dict) -> str:
     return markdown_table(["model", *set_names], rows)
 
 
-def fill(path: Path, markers: tuple[str, str], body: str) -> None:
-    """``body`` between the two ``markers`` in ``path`` (after its end, the first time)."""
-    start, end = markers
-    text = path.read_text() if path.exists() else ""
-    block = f"{start}\n{body}\n{end}"
-    if start in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def source_line(results: dict) -> str:
     return (f"Measured {results['date']} on {results['machine']}, torch's default threads, "
             f"commit {results['commit']}; {results['budget']['steps']} steps of "
@@ -246,9 +233,9 @@ def main(argv: list[str] | None = None) -> None:
                             args.budgets.split(","), args.runs,
                             load_results(args.results, args.resume, args.steps, args.batch),
                             save=lambda results: save_results(results, args.results))
-    fill(args.table, TABLE, f"{source_line(results)} Every run's numbers: "
+    fill_between_markers(args.table, TABLE, f"{source_line(results)} Every run's numbers: "
                             f"docs/benchmark.json.\n\n{table(results)}")
-    fill(args.summary, SUMMARY, f"{summary(results)}\n\n{source_line(results)}")
+    fill_between_markers(args.summary, SUMMARY, f"{summary(results)}\n\n{source_line(results)}")
     print(table(results))
 
 

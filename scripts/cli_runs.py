@@ -64,6 +64,20 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
 
 
+def fill_between_markers(path: Path, markers: tuple[str, str], body: str) -> None:
+    """``body`` between the two ``markers`` in ``path`` (docs/RESULTS.md, the README), or
+    after its end the first time: how a script puts its table where a page shows it."""
+    start, end = markers
+    text = path.read_text() if path.exists() else ""
+    block = f"{start}\n{body}\n{end}"
+    if start in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def setup_line(overrides: list[str]) -> str:
     """Where the numbers of a results table came from."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
